@@ -1,0 +1,225 @@
+"""Cost model: one small rule per ONNX op family, dispatched from one table (`RULES`).
+
+A rule sees an `OpContext` (the node, its shapes, its attributes) and returns the op's
+`Work`: multiply-accumulates, FLOPs, and whether it moves data. Bytes and parameters follow
+generically from the node's tensors, so a rule states only what is particular to its op.
+
+Conventions (DESIGN.md): MACs are those of Conv/ConvTranspose/Gemm/MatMul; FLOPs = 2 × MACs
+for those, and for other arithmetic one FLOP per output element (per element taken into
+the window for pools and reductions). An op with no rule is reported as not costed.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import onnx
+from onnx import TensorProto, helper
+
+from ..graph import Graph
+
+RULES: dict[str, Callable[["OpContext"], "Work"]] = {}
+
+_FAMILIES = ("conv", "gemm", "normalization", "pool", "reduce", "elementwise", "movement")
+
+
+def register(*op_types: str) -> Callable:
+    """Decorator: make the function the cost rule of these op types."""
+    def wrap(fn: Callable[["OpContext"], "Work"]) -> Callable[["OpContext"], "Work"]:
+        for op in op_types:
+            RULES[op] = fn
+        return fn
+    return wrap
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a rule states about an op: its arithmetic and whether it moves data.
+
+    `moves=False` marks views (Reshape, Squeeze, ...) and metadata ops, which read and write
+    no activation bytes. `read_bytes` overrides the default (all non-constant inputs) for ops
+    that touch only part of their input (Slice, Gather); `write_bytes` the default (all outputs)
+    for ops whose outputs are sequences. `non_params` lists input indices that
+    are constants but not trainable parameters (BatchNormalization's running mean and var).
+    """
+
+    macs: int = 0
+    flops: int = 0
+    moves: bool = True
+    read_bytes: int | None = None
+    write_bytes: int | None = None
+    non_params: tuple[int, ...] = ()
+
+
+@dataclass
+class OpCost:
+    """The cost of one op; `params` counts its own parameter tensors, `weights` names them."""
+
+    name: str
+    op_type: str
+    dtype: str
+    costed: bool = True
+    macs: int = 0
+    flops: int = 0
+    params: int = 0
+    weight_bytes: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
+    weights: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def activation_bytes(self) -> int:
+        """Activation bytes read plus written."""
+        return self.read_bytes + self.write_bytes
+
+    @property
+    def bytes(self) -> int:
+        """All bytes moved: activations read and written plus weights read."""
+        return self.read_bytes + self.write_bytes + self.weight_bytes
+
+
+class OpContext:
+    """What a cost rule may ask about one node: shapes, attributes, constant inputs."""
+
+    def __init__(self, graph: Graph, node: onnx.NodeProto):
+        self.graph = graph
+        self.node = node
+        self._attrs = {a.name: a for a in node.attribute}
+
+    def attr(self, name: str, default=None):
+        """An attribute's value (ints, floats, strings decoded), or `default`."""
+        a = self._attrs.get(name)
+        if a is None:
+            return default
+        v = helper.get_attribute_value(a)
+        return v.decode() if isinstance(v, bytes) else v
+
+    def has_input(self, i: int) -> bool:
+        """True if optional input i is present."""
+        return i < len(self.node.input) and bool(self.node.input[i])
+
+    def in_shape(self, i: int) -> tuple[int, ...]:
+        """Static shape of input i (BadInput if unknown)."""
+        return self.graph.static_shape(self.node.input[i], f"input {i} of {self.node.op_type} '{self.node.name}'")
+
+    def out_shape(self, i: int = 0) -> tuple[int, ...]:
+        """Static shape of output i (BadInput if unknown)."""
+        return self.graph.static_shape(self.node.output[i], f"output {i} of {self.node.op_type} '{self.node.name}'")
+
+    def out_numel(self, i: int = 0) -> int:
+        """Number of elements of output i."""
+        return math.prod(self.out_shape(i))
+
+    def in_numel(self, i: int = 0) -> int:
+        """Number of elements of input i."""
+        return math.prod(self.in_shape(i))
+
+    def tensor_bytes(self, name: str, where: str) -> int:
+        """Bytes of a tensor with a static shape."""
+        info = self.graph.info(name)
+        size = _itemsize(info.elem_type if info else TensorProto.FLOAT)
+        return math.prod(self.graph.static_shape(name, where)) * size
+
+
+def _itemsize(elem_type: int) -> int:
+    try:
+        return helper.tensor_dtype_to_np_dtype(elem_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return 4
+
+
+def _dtype_name(graph: Graph, node: onnx.NodeProto) -> str:
+    float_types = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    names = [t for t in list(node.output) + list(node.input) if t]
+    infos = [graph.info(t) for t in names]
+    for info in infos:
+        if info is not None and info.elem_type in float_types:
+            return helper.tensor_dtype_to_np_dtype(info.elem_type).name if info.elem_type != TensorProto.BFLOAT16 else "bfloat16"
+    for info in infos:
+        if info is not None and info.elem_type:
+            return TensorProto.DataType.Name(info.elem_type).lower()
+    return "float32"
+
+
+def _is_parameter(graph: Graph, name: str) -> bool:
+    if name not in graph.stored:
+        return False
+    info = graph.info(name)
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+    return info is not None and info.elem_type in floats and info.shape is not None and math.prod(info.shape) >= 2
+
+
+def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
+    """Cost of one node: its rule's Work plus bytes and parameters from its tensors."""
+    cost = OpCost(node.name, node.op_type, _dtype_name(graph, node))
+    rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if rule is None:
+        cost.costed = False
+        cost.note = f"no cost rule for {node.domain + '.' if node.domain else ''}{node.op_type}"
+        return cost
+    ctx = OpContext(graph, node)
+    work = rule(ctx)
+    cost.macs, cost.flops = int(work.macs), int(work.flops)
+    weights, read = [], 0
+    for i, t in enumerate(node.input):
+        if not t:
+            continue
+        where = f"input {i} of {node.op_type} '{node.name}'"
+        if graph.is_constant(t):
+            if work.moves:
+                cost.weight_bytes += ctx.tensor_bytes(t, where)
+            if i not in work.non_params and _is_parameter(graph, t):
+                weights.append(t)
+        elif work.moves and work.read_bytes is None:
+            read += ctx.tensor_bytes(t, where)
+    if work.moves:
+        cost.read_bytes = read if work.read_bytes is None else int(work.read_bytes)
+        cost.write_bytes = int(work.write_bytes) if work.write_bytes is not None else sum(
+            ctx.tensor_bytes(t, f"output of {node.op_type} '{node.name}'") for t in node.output if t)
+    cost.weights = tuple(dict.fromkeys(weights))
+    cost.params = sum(math.prod(graph.info(w).shape) for w in cost.weights)
+    return cost
+
+
+@dataclass
+class CostModel:
+    """Per-op costs of a graph, with totals that count each shared parameter once."""
+
+    graph: Graph
+    ops: list[OpCost] = field(default_factory=list)
+
+    @property
+    def not_costed(self) -> list[OpCost]:
+        """Ops that have no cost rule."""
+        return [c for c in self.ops if not c.costed]
+
+    def total(self, attr: str) -> int:
+        """Sum of one OpCost field over all ops."""
+        return sum(getattr(c, attr) for c in self.ops)
+
+    @property
+    def params(self) -> int:
+        """Parameters, each initializer counted once however many ops read it."""
+        unique = {w for c in self.ops for w in c.weights}
+        return sum(math.prod(self.graph.info(w).shape) for w in unique)
+
+    def activation_bytes_by_dtype(self) -> dict[str, int]:
+        """Activation bytes read plus written, per element type."""
+        out: dict[str, int] = {}
+        for c in self.ops:
+            if c.activation_bytes:
+                out[c.dtype] = out.get(c.dtype, 0) + c.activation_bytes
+        return out
+
+
+def cost_model(graph: Graph, nodes: Iterable[onnx.NodeProto] | None = None) -> CostModel:
+    """Cost every node of the graph (or the given nodes)."""
+    nodes = graph.model.graph.node if nodes is None else nodes
+    return CostModel(graph, [op_cost(graph, n) for n in nodes])
+
+
+for _family in _FAMILIES:
+    importlib.import_module(f"{__name__}.{_family}")

@@ -1,0 +1,22 @@
+"""Convolutions: Conv (grouped, depthwise, dilated, strided) and ConvTranspose."""
+from __future__ import annotations
+
+import math
+
+from . import OpContext, Work, register
+
+
+@register("Conv")
+def conv(ctx: OpContext) -> Work:
+    """Each output element takes (C_in / group) × kernel MACs; dilation and stride show in the output shape."""
+    w = ctx.in_shape(1)
+    macs = ctx.out_numel() * w[1] * math.prod(w[2:])
+    return Work(macs=macs, flops=2 * macs)
+
+
+@register("ConvTranspose")
+def conv_transpose(ctx: OpContext) -> Work:
+    """Each input element scatters into (C_out / group) × kernel outputs."""
+    w = ctx.in_shape(1)
+    macs = ctx.in_numel(0) * w[1] * math.prod(w[2:])
+    return Work(macs=macs, flops=2 * macs)

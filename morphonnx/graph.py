@@ -1,0 +1,361 @@
+"""The loaded ONNX model: inferred shapes, lazy initializers, and a networkx view of its ops.
+
+`load(model)` accepts a path or a ModelProto, never modifies its input, and turns every
+problem with the input (missing file, not ONNX, truncated, missing external data, shape
+that stays unknown) into a one-line `BadInput`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import BadInput
+from .fold import fold_constants
+
+Dim = int | str | None  # a static size, a symbolic name, or unknown
+Shape = tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, element type (onnx TensorProto enum) and shape (None when the rank is unknown)."""
+
+    name: str
+    elem_type: int
+    shape: Shape | None
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """The numpy dtype of the element type, None if it has none."""
+        try:
+            return helper.tensor_dtype_to_np_dtype(self.elem_type)
+        except (KeyError, ValueError, TypeError):
+            return None
+
+    @property
+    def is_static(self) -> bool:
+        """True when every dimension is a known integer."""
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+
+class Graph:
+    """An ONNX model with inferred shapes, as ops joined by tensors.
+
+    `nodes` maps a unique node name to its NodeProto in file order; `nx` is a
+    networkx.DiGraph over node names whose edges carry the tensors they pass (`tensors`).
+    Initializer data is read only when asked for (`array`), external data included.
+    """
+
+    def __init__(self, model: onnx.ModelProto, base_dir: Path | None, path: Path | None = None,
+                 stored: set[str] | None = None, weights: Mapping[str, TensorProto] | None = None):
+        self.model = model
+        # Constants stored in the file (initializers, Constant nodes), as opposed to folded ones:
+        # only these can be parameters.
+        self.stored = stored if stored is not None else _stored_constants(model)
+        self.base_dir = base_dir
+        self.path = path
+        g = model.graph
+        # `model` holds the small initializers; large ones (`weights`) live only here, with
+        # typed graph inputs standing in for them in the model.
+        self.initializers: dict[str, TensorProto] = {t.name: t for t in g.initializer}
+        self.initializers.update(weights or {})
+        self.constants: dict[str, TensorProto] = {}
+        self.nodes: dict[str, onnx.NodeProto] = {}
+        self.producer: dict[str, str] = {}
+        self.consumers: dict[str, list[str]] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+        for node in g.node:
+            self.nodes[node.name] = node
+            for t in node.output:
+                if t:
+                    self.producer[t] = node.name
+            for t in node.input:
+                if t:
+                    self.consumers.setdefault(t, []).append(node.name)
+            if node.op_type == "Constant" and len(node.output) == 1:
+                value = _constant_tensor(node)
+                if value is not None:
+                    self.constants[node.output[0]] = value
+        self.inputs = [i.name for i in g.input if i.name not in self.initializers]
+        self.outputs = [o.name for o in g.output]
+        self.tensors: dict[str, TensorInfo] = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            self.tensors[vi.name] = _tensor_info(vi)
+        for name, t in list(self.initializers.items()) + list(self.constants.items()):
+            self.tensors[name] = TensorInfo(name, t.data_type, tuple(int(d) for d in t.dims))
+        self.nx = self._build_nx()
+
+    def _build_nx(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        graph.add_nodes_from((name, {"op_type": n.op_type}) for name, n in self.nodes.items())
+        edges: dict[tuple[str, str], list[str]] = {}
+        for tensor, users in self.consumers.items():
+            src = self.producer.get(tensor)
+            if src is None:
+                continue
+            for dst in users:
+                edges.setdefault((src, dst), []).append(tensor)
+        graph.add_edges_from((s, d, {"tensors": ts}) for (s, d), ts in edges.items())
+        return graph
+
+    # ---- tensors -------------------------------------------------------------------------
+    def info(self, name: str) -> TensorInfo | None:
+        """TensorInfo of a tensor, None if inference left it untyped."""
+        return self.tensors.get(name)
+
+    def is_constant(self, name: str) -> bool:
+        """True for an initializer or the output of a Constant node."""
+        return name in self.initializers or name in self.constants
+
+    def array(self, name: str) -> np.ndarray:
+        """The value of an initializer or Constant output, loading external data on first use."""
+        if name not in self._arrays:
+            proto = self.initializers.get(name) or self.constants.get(name)
+            if proto is None:
+                raise KeyError(f"{name} is not a constant tensor")
+            base = str(self.base_dir) if self.base_dir is not None else None
+            self._arrays[name] = numpy_helper.to_array(proto, base) if base else numpy_helper.to_array(proto)
+        return self._arrays[name]
+
+    def static_shape(self, name: str, where: str) -> tuple[int, ...]:
+        """The all-integer shape of a tensor, or BadInput naming the tensor and `where` it matters."""
+        info = self.tensors.get(name)
+        if info is None or info.shape is None:
+            raise BadInput(f"shape of tensor '{name}' ({where}) is unknown after shape inference; "
+                           f"give it with --input-shape INPUT=d0,d1,...")
+        if not info.is_static:
+            dims = ",".join(str(d if d is not None else "?") for d in info.shape)
+            raise BadInput(f"shape of tensor '{name}' ({where}) is [{dims}], not static; "
+                           f"fix the symbolic dimensions with --batch N or --input-shape INPUT=d0,d1,...")
+        return tuple(int(d) for d in info.shape)  # type: ignore[arg-type]
+
+    def topological_nodes(self) -> list[str]:
+        """Node names in a topological order (file order when the file is already sorted)."""
+        return list(nx.topological_sort(self.nx))
+
+    @property
+    def opset(self) -> int:
+        """The default-domain opset version."""
+        for o in self.model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                return int(o.version)
+        return 0
+
+
+def _stored_constants(model: onnx.ModelProto) -> set[str]:
+    return {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+
+
+def _constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return a.t
+        if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            value = helper.get_attribute_value(a)
+            dtype = np.float32 if "float" in a.name else np.int64
+            return numpy_helper.from_array(np.asarray(value, dtype=dtype))
+    return None
+
+
+def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return TensorInfo(vi.name, tt.elem_type, None)
+    dims: list[Dim] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return TensorInfo(vi.name, tt.elem_type, tuple(dims))
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+def read_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None, Path | None]:
+    """Read a model without its external data; return (copy of the model, base dir, path)."""
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        return model, None, None
+    path = Path(source)
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+    if not path.is_file():
+        raise BadInput(f"{path}: not a file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"{path}: not a valid ONNX model ({reason})") from e
+    if not model.HasField("graph") or (model.ir_version == 0 and not model.graph.node):
+        raise BadInput(f"{path}: not an ONNX model (no graph in the file)")
+    return model, path.resolve().parent, path
+
+
+def check_external_data(model: onnx.ModelProto, base_dir: Path | None, path: Path | None) -> None:
+    """BadInput if an initializer's external data file is missing or too short."""
+    where = path or "model"
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location")
+        if base_dir is None:
+            raise BadInput(f"{where}: initializer '{t.name}' has external data '{loc}' but the model "
+                           f"was given in memory; load it from its file")
+        file = base_dir / (loc or "")
+        if not loc or not file.is_file():
+            raise BadInput(f"{where}: external data file '{file}' of initializer '{t.name}' is missing")
+        need = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if need > file.stat().st_size:
+            raise BadInput(f"{where}: external data file '{file}' is shorter than initializer "
+                           f"'{t.name}' needs ({need} bytes)")
+
+
+def _check_opset(model: onnx.ModelProto, where: object) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version > newest:
+            raise BadInput(f"{where}: opset {o.version} is newer than this onnx ({onnx.__version__}) "
+                           f"knows (up to {newest})")
+
+
+def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
+    """Parse `name=1,3,224,224` into ('name', (1, 3, 224, 224))."""
+    name, sep, dims = spec.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        shape = tuple(int(d) for d in dims.split(","))
+        if not shape or min(shape) <= 0:
+            raise ValueError
+    except ValueError:
+        raise BadInput(f"--input-shape '{spec}': expected NAME=d0,d1,... with positive integers") from None
+    return name, shape
+
+
+def _set_input_shapes(model: onnx.ModelProto, batch: int | None, shapes: Mapping[str, Sequence[int]]) -> None:
+    init = {t.name for t in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in init}
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise BadInput(f"--input-shape names '{unknown[0]}', which is not a graph input "
+                       f"(inputs: {', '.join(inputs) or 'none'})")
+    for name, vi in inputs.items():
+        tt = vi.type.tensor_type
+        if name in shapes:
+            dims = list(shapes[name])
+            if tt.HasField("shape") and len(tt.shape.dim) and len(tt.shape.dim) != len(dims):
+                raise BadInput(f"--input-shape {name}: rank {len(dims)} but the model's input has "
+                               f"rank {len(tt.shape.dim)}")
+            tt.ClearField("shape")
+            for d in dims:
+                tt.shape.dim.add().dim_value = int(d)
+        elif tt.HasField("shape") and len(tt.shape.dim):
+            first = tt.shape.dim[0]
+            if batch is not None or not first.HasField("dim_value"):
+                first.Clear()
+                first.dim_value = int(batch if batch is not None else 1)
+
+
+def _clear_inferred(model: onnx.ModelProto) -> None:
+    # Stale symbolic value_info from the exporter would fight the concrete shapes we infer.
+    del model.graph.value_info[:]
+    for o in model.graph.output:
+        tt = o.type.tensor_type
+        if tt.HasField("shape") and any(not d.HasField("dim_value") for d in tt.shape.dim):
+            tt.ClearField("shape")
+
+
+def _unique_node_names(model: onnx.ModelProto) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def _detach_weights(model: onnx.ModelProto) -> dict[str, TensorProto]:
+    """Take large initializers out of the model, leaving typed graph inputs in their place.
+
+    Shape inference serializes the whole model; without the weights it is fast whatever
+    their size. Small ones stay, since data propagation reads shape constants.
+    """
+    g = model.graph
+    saved = list(g.initializer)
+    big = {t.name: t for t in saved if t.data_type != TensorProto.INT64 and _numel(t) > 64}
+    if not big:
+        return {}
+    g.ClearField("initializer")
+    g.initializer.extend(t for t in saved if t.name not in big)
+    listed = {i.name for i in g.input}
+    g.input.extend(helper.make_tensor_value_info(n, t.data_type, list(t.dims)) for n, t in big.items()
+                   if n not in listed)
+    return big
+
+
+def _numel(t: TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
+
+
+def infer_shapes(model: onnx.ModelProto, where: object) -> onnx.ModelProto:
+    """onnx shape inference with data propagation (resolves Shape→Gather→Reshape chains)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as e:
+        raise BadInput(f"{where}: shape inference failed ({str(e).strip().splitlines()[0]})") from e
+
+
+def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = None,
+         input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    """Load an ONNX model into a Graph.
+
+    Symbolic leading (batch) dimensions of graph inputs become `batch` (default 1); other
+    symbolic dimensions stay symbolic unless `input_shapes` fixes them. Local functions are
+    inlined; external data is checked but read only when an initializer's value is needed.
+    """
+    if batch is not None and batch <= 0:
+        raise BadInput(f"--batch {batch}: must be a positive integer")
+    model, base_dir, path = read_model(source)
+    where = path or "model"
+    check_external_data(model, base_dir, path)
+    _check_opset(model, where)
+    if model.functions:
+        from onnx import inliner
+        model = inliner.inline_local_functions(model)
+    _unique_node_names(model)
+    _set_input_shapes(model, batch, input_shapes or {})
+    _clear_inferred(model)
+    stored = _stored_constants(model)
+    weights = _detach_weights(model)
+    model = infer_shapes(model, where)
+    for _ in range(4):  # folding can make more shapes static, which lets more fold
+        before = len(model.graph.node)
+        fold_constants(model)
+        if len(model.graph.node) == before:
+            break
+        model = infer_shapes(model, where)
+    return Graph(model, base_dir, path, stored, weights)
+
+
+def iter_constant_inputs(graph: Graph, node: onnx.NodeProto) -> Iterable[tuple[int, str]]:
+    """(index, name) of the node's inputs that are initializers or Constant outputs."""
+    for i, t in enumerate(node.input):
+        if t and graph.is_constant(t):
+            yield i, t

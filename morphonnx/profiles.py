@@ -1,0 +1,130 @@
+"""Hardware profiles (one YAML per device) and the roofline latency of an op on them."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .costs import OpCost
+from .errors import BadInput
+
+PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "int8")
+REQUIRED = ("name", "peak_gflops", "bandwidth_gbs", "sources")
+OPTIONAL = ("kind", "notes", "op_overhead_us")
+DTYPE_PRECISION = {"float64": "fp64", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
+                   "int8": "int8", "uint8": "int8"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One device: peak dense GFLOP/s per precision, memory bandwidth, per-op overhead."""
+
+    key: str
+    name: str
+    peak_gflops: dict[str, float]
+    bandwidth_gbs: float
+    op_overhead_us: float = 0.0
+    kind: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    def peak(self, dtype: str) -> tuple[float, str]:
+        """(peak FLOP/s, precision used) for an op of this numpy dtype name; fp32 when absent."""
+        precision = DTYPE_PRECISION.get(dtype, "fp32")
+        if precision not in self.peak_gflops:
+            precision = "fp32"
+        return self.peak_gflops[precision] * 1e9, precision
+
+    def latency(self, cost: OpCost) -> tuple[float, str]:
+        """Roofline seconds `max(flops / peak, bytes / bandwidth)` plus overhead, and the bound label.
+
+        The label is "compute" or "memory" by which term is larger, "none" for an op with no
+        work at all (a view or a metadata op).
+        """
+        compute = cost.flops / self.peak(cost.dtype)[0]
+        memory = cost.bytes / (self.bandwidth_gbs * 1e9)
+        if compute == 0 and memory == 0:
+            return 0.0, "none"
+        overhead = self.op_overhead_us * 1e-6
+        return max(compute, memory) + overhead, "compute" if compute >= memory else "memory"
+
+
+def profile_dirs() -> list[Path]:
+    """Where profiles are looked up by name: $MORPHONNX_PROFILES (os.pathsep-separated), then the bundled ones."""
+    dirs = [Path(p) for p in os.environ.get("MORPHONNX_PROFILES", "").split(os.pathsep) if p]
+    return dirs + [Path(__file__).resolve().parent.parent / "hardware_profiles"]
+
+
+def available_profiles() -> dict[str, Path]:
+    """Profile name (file stem) → path, the first directory winning."""
+    found: dict[str, Path] = {}
+    for d in profile_dirs():
+        for p in sorted(d.glob("*.yaml")) if d.is_dir() else []:
+            found.setdefault(p.stem, p)
+    return found
+
+
+def load_profile(name_or_path: str | os.PathLike) -> Profile:
+    """A profile by name (`v100`) or by YAML path, validated; BadInput naming file and field."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise BadInput(f"profile file {path}: no such file")
+    else:
+        known = available_profiles()
+        if text not in known:
+            raise BadInput(f"unknown profile '{text}'; known: {', '.join(sorted(known))}")
+        path = known[text]
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise BadInput(f"profile {path}:{line} not valid YAML ({getattr(e, 'problem', e)})") from None
+    return validate_profile(data, path)
+
+
+def _positive(value, path: Path, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise BadInput(f"profile {path}: field '{field_name}' must be a positive number, got {value!r}")
+    return float(value)
+
+
+def validate_profile(data: object, path: Path) -> Profile:
+    """Check a parsed profile document and build the Profile."""
+    if not isinstance(data, dict):
+        raise BadInput(f"profile {path}: expected a mapping of fields, got {type(data).__name__}")
+    for key in REQUIRED:
+        if key not in data:
+            raise BadInput(f"profile {path}: field '{key}' is missing")
+    extra = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
+    if extra:
+        raise BadInput(f"profile {path}: unknown field '{extra[0]}' (fields: {', '.join(REQUIRED + OPTIONAL)})")
+    if not isinstance(data["name"], str) or not data["name"].strip():
+        raise BadInput(f"profile {path}: field 'name' must be a non-empty string")
+    peaks = data["peak_gflops"]
+    if not isinstance(peaks, dict):
+        raise BadInput(f"profile {path}: field 'peak_gflops' must map precisions ({', '.join(PRECISIONS)}) to GFLOP/s")
+    if "fp32" not in peaks:
+        raise BadInput(f"profile {path}: field 'peak_gflops.fp32' is missing")
+    for p in peaks:
+        if p not in PRECISIONS:
+            raise BadInput(f"profile {path}: unknown precision 'peak_gflops.{p}' (known: {', '.join(PRECISIONS)})")
+    peak = {p: _positive(v, path, f"peak_gflops.{p}") for p, v in peaks.items()}
+    bandwidth = _positive(data["bandwidth_gbs"], path, "bandwidth_gbs")
+    overhead = data.get("op_overhead_us", 0.0)
+    if overhead != 0:
+        overhead = _positive(overhead, path, "op_overhead_us")
+    sources = data["sources"]
+    if not isinstance(sources, dict):
+        raise BadInput(f"profile {path}: field 'sources' must map each number's field to its source")
+    for f in [f"peak_gflops.{p}" for p in peak] + ["bandwidth_gbs"]:
+        if not str(sources.get(f) or "").strip():
+            raise BadInput(f"profile {path}: field 'sources.{f}' is missing: say where the number comes from")
+    return Profile(key=path.stem, name=data["name"].strip(), peak_gflops=peak, bandwidth_gbs=bandwidth,
+                   op_overhead_us=float(overhead), kind=str(data.get("kind", "")),
+                   sources={str(k): str(v) for k, v in sources.items()}, path=str(path))

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Benchmarks, printed as ratios against references measured in the same run.
+
+    python scripts/bench.py analyze [--zoo DIR] [--models a,b] [--repeat 3] [--sizes 100,1000,10000]
+
+`analyze` times `morphonnx.analyze` (load, shape inference, cost model, roofline on two
+profiles, JSON document) on every zoo model, next to onnx-tool's
+`Model(path); graph.shape_infer(); graph.profile()` and to `onnx.load` + `onnx.save` of the
+same file; then on synthetic chains of Conv-BN-ReLU blocks of growing length it prints the
+time per node, which stays flat when the hot path is linear. Timings are the best of
+`--repeat` runs. Nothing here is asserted: read the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import export_zoo  # noqa: E402
+
+import morphonnx  # noqa: E402
+
+PROFILES = ("v100", "p100")
+
+
+def best(fn, repeat: int) -> float:
+    """Best wall time of `repeat` calls."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_morphonnx(path: Path) -> None:
+    morphonnx.analyze(path, PROFILES).to_dict()
+
+
+def time_onnx_io(path: Path, tmp: Path) -> None:
+    onnx.save(onnx.load(str(path)), str(tmp / "copy.onnx"))
+
+
+def time_onnx_tool(path: Path) -> None:
+    import onnx_tool
+    m = onnx_tool.Model(str(path))
+    m.graph.shape_infer()
+    m.graph.profile()
+
+
+def chain(blocks: int, channels: int = 16, size: int = 8) -> onnx.ModelProto:
+    """A synthetic chain of `blocks` Conv → BatchNormalization → Relu blocks."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "input"
+    for i in range(blocks):
+        w = numpy_helper.from_array(rng.standard_normal((channels, channels, 3, 3)).astype(np.float32), f"b{i}.w")
+        bn = [numpy_helper.from_array(rng.uniform(0.5, 1.5, channels).astype(np.float32), f"b{i}.bn.{k}")
+              for k in ("scale", "bias", "mean", "var")]
+        inits += [w] + bn
+        nodes += [helper.make_node("Conv", [x, w.name], [f"b{i}.c"], name=f"b{i}.conv", kernel_shape=[3, 3],
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("BatchNormalization", [f"b{i}.c"] + [t.name for t in bn], [f"b{i}.n"],
+                                   name=f"b{i}.bn"),
+                  helper.make_node("Relu", [f"b{i}.n"], [f"b{i}.r"], name=f"b{i}.relu")]
+        x = f"b{i}.r"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                             [1, channels, size, size])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def bench_zoo(zoo: Path, names: list[str], repeat: int, tmp: Path) -> None:
+    manifest = export_zoo.ensure(zoo, names)
+    print(f"analyze on the zoo ({zoo}); best of {repeat}; ratio < 1 means morphonnx is faster")
+    failures: dict[str, str] = {}
+    print(f"{'model':34s} {'nodes':>6s} {'morphonnx s':>11s} {'/ onnx-tool':>11s} {'/ onnx load+save':>16s}")
+    for name in names:
+        for kind, file in manifest[name]["files"].items():
+            path = zoo / file
+            ours = best(lambda: time_morphonnx(path), repeat)
+            try:
+                tool = f"{ours / best(lambda: time_onnx_tool(path), repeat):11.2f}"
+            except Exception as e:  # onnx-tool cannot read some exports; say so and go on
+                tool, failures[name + " (" + kind + ")"] = f"{'failed':>11s}", f"{type(e).__name__}: {e}"
+            io = best(lambda: time_onnx_io(path, tmp), repeat)
+            nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
+            print(f"{name + ' (' + kind + ')':34s} {nodes:6d} {ours:11.4f} {tool} {ours / io:16.2f}", flush=True)
+    for model, error in failures.items():
+        print(f"onnx-tool failed on {model}: {error}")
+
+
+def bench_scaling(sizes: list[int], repeat: int, tmp: Path) -> None:
+    print(f"\nscaling on chains of Conv-BN-ReLU blocks; best of {repeat}")
+    print(f"{'blocks':>7s} {'nodes':>7s} {'morphonnx us/node':>18s} {'onnx load+save us/node':>23s} {'ratio':>6s}")
+    per_node = []
+    for blocks in sizes:
+        path = tmp / f"chain{blocks}.onnx"
+        onnx.save(chain(blocks), str(path))
+        nodes = 3 * blocks
+        ours = best(lambda: time_morphonnx(path), repeat) / nodes
+        io = best(lambda: time_onnx_io(path, tmp), repeat) / nodes
+        per_node.append(ours)
+        print(f"{blocks:7d} {nodes:7d} {ours * 1e6:18.2f} {io * 1e6:23.2f} {ours / io:6.2f}", flush=True)
+    print(f"time per node varies by {max(per_node) / min(per_node):.2f}x across sizes (linear: < 2x)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("analyze", help="analyze vs onnx-tool and onnx I/O on the zoo, and scaling")
+    a.add_argument("--zoo", type=Path, default=None)
+    a.add_argument("--models", default="", help="comma-separated zoo models (default: all)")
+    a.add_argument("--repeat", type=int, default=3)
+    a.add_argument("--sizes", default="100,1000,10000")
+    args = p.parse_args(argv)
+    names = [n for n in args.models.split(",") if n] or export_zoo.TORCH_MODELS + list(export_zoo.KERAS_MODELS)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_zoo(args.zoo or export_zoo.default_dir(), names, args.repeat, Path(tmp))
+        bench_scaling([int(s) for s in args.sizes.split(",")], args.repeat, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The command line: analyze on the bundled model, JSON schema, and bad input (exit 2, one line, no output file)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+import yaml
+
+from morphonnx import DEFAULT_MODEL, available_profiles
+from morphonnx.cli import main
+
+from conftest import init, model, tensor
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "morphonnx", *args], capture_output=True, text=True)
+
+
+def test_analyze_default_model_json(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["analyze", str(DEFAULT_MODEL), "--profile", "p100", "--profile", "v100", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "latency on p100" in text and "top 10 ops by latency on p100" in text
+    doc = json.loads(out.read_text())
+    assert set(doc["totals"]) >= {"macs", "flops", "params", "weight_bytes", "activation_bytes", "latency_s"}
+    assert set(doc["totals"]["latency_s"]) == {"p100", "v100"}
+    op = next(o for o in doc["ops"] if o["op_type"] == "Conv")
+    assert set(op) >= {"name", "op_type", "macs", "flops", "params", "bytes", "latency_s", "bound"}
+    assert op["bound"]["p100"] in ("compute", "memory")
+    assert doc["totals"]["macs"] == sum(o["macs"] for o in doc["ops"])
+    assert doc["totals"]["latency_s"]["v100"] == pytest.approx(sum(o["latency_s"]["v100"] for o in doc["ops"]))
+    assert doc["not_costed"] == []
+
+
+def test_per_op_prints_every_op(capsys):
+    assert main(["analyze", str(DEFAULT_MODEL), "--per-op"]) == 0
+    text = capsys.readouterr().out
+    assert "all ops:" in text and "se.gate" in text and "flatten" in text
+
+
+def test_batch_scales_costs(tmp_path):
+    one, eight = tmp_path / "1.json", tmp_path / "8.json"
+    main(["analyze", str(DEFAULT_MODEL), "--json", str(one)])
+    main(["analyze", str(DEFAULT_MODEL), "--batch", "8", "--json", str(eight)])
+    a, b = json.loads(one.read_text())["totals"], json.loads(eight.read_text())["totals"]
+    assert b["macs"] == 8 * a["macs"] and b["params"] == a["params"]
+
+
+def test_module_and_console_entry_point():
+    r = run("analyze", str(DEFAULT_MODEL), "--profile", "t4")
+    assert r.returncode == 0 and "latency on t4" in r.stdout
+    assert run("profiles").stdout.count("\n") == len(available_profiles())
+
+
+def bad_profile(tmp_path, name, **override):
+    data = yaml.safe_load(available_profiles()["v100"].read_text())
+    data.update(override)
+    data = {k: v for k, v in data.items() if v is not None}
+    (tmp_path / name).write_text(yaml.safe_dump(data))
+    return str(tmp_path / name)
+
+
+def bad_inputs(tmp_path):
+    data = DEFAULT_MODEL.read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
+    (tmp_path / "text.onnx").write_text("not a model\n")
+    ext = model([onnx.helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 4])], [tensor("y", [1, 4])],
+                [init("unused", (64, 64))])
+    onnx.save(ext, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    (tmp_path / "ext.onnx.data").unlink()
+    m = str(DEFAULT_MODEL)
+    return {
+        "missing file": (["analyze", str(tmp_path / "nope.onnx")], "nope.onnx: no such file"),
+        "not onnx": (["analyze", str(tmp_path / "text.onnx")], "text.onnx: not"),
+        "truncated": (["analyze", str(tmp_path / "cut.onnx")], "cut.onnx: not a valid ONNX model"),
+        "external data": (["analyze", str(tmp_path / "ext.onnx")], "ext.onnx.data' of initializer 'unused' is missing"),
+        "unknown profile": (["analyze", m, "--profile", "v1000"], "unknown profile 'v1000'"),
+        "missing field": (["analyze", m, "--profile", bad_profile(tmp_path, "bad.yaml", bandwidth_gbs=None)],
+                          "bad.yaml: field 'bandwidth_gbs' is missing"),
+        "negative field": (["analyze", m, "--profile", bad_profile(tmp_path, "neg.yaml", bandwidth_gbs=-1)],
+                           "neg.yaml: field 'bandwidth_gbs' must be a positive number, got -1"),
+        "bad shape": (["analyze", m, "--input-shape", "input=1,3,x"], "--input-shape 'input=1,3,x'"),
+        "bad batch": (["analyze", m, "--batch", "0"], "--batch 0: must be a positive integer"),
+        "bad flag": (["analyze", m, "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "not onnx", "truncated", "external data", "unknown profile",
+                                  "missing field", "negative field", "bad shape", "bad batch", "bad flag"])
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, case, capsys):
+    args, message = bad_inputs(tmp_path)[case]
+    out = tmp_path / "out.json"
+    assert main(args + ["--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("morphonnx: error: ") and message in err
+    assert not out.exists() and not list(tmp_path.glob(".out.json*"))
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    r = run("analyze", str(tmp_path / "nope.onnx"))
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    r = run("--debug", "analyze", str(tmp_path / "nope.onnx"))
+    assert r.returncode != 0 and "Traceback" in r.stderr

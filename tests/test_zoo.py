@@ -1,0 +1,51 @@
+"""Cost figures on the exported zoo against the frameworks' own numbers.
+
+torchvision: conv+linear MACs within 1% of the published GFLOPS (`meta["_ops"]`); parameters
+equal to the torch model's count (BN-kept export, running stats excluded) or to the same BN
+folding arithmetic done on the torch model's exported program (BN-folded export).
+keras: parameters equal to count_params() less BN moving statistics, with tf2onnx's BN
+handling applied (a BN folds into a bias-free Conv2D it alone follows, else stays a Mul/Add).
+"""
+from __future__ import annotations
+
+import pytest
+
+import morphonnx
+from conftest import export_zoo
+
+pytestmark = pytest.mark.zoo
+
+
+@pytest.mark.parametrize("kind", ["folded", "bn"])
+@pytest.mark.parametrize("name", export_zoo.TORCH_MODELS)
+def test_torchvision_costs(zoo, name, kind):
+    out, manifest = zoo
+    entry = manifest[name]
+    cm = morphonnx.cost_model(morphonnx.load(out / entry["files"][kind]))
+    assert cm.not_costed == []
+    gmacs = cm.total("macs") / 1e9
+    assert gmacs == pytest.approx(entry["published_gmacs"], rel=0.01)
+    expected = entry["torch_params"] if kind == "bn" else entry["folded_params_expected"]
+    assert cm.params == expected
+    if kind == "bn":
+        # inception_v3's published count includes its AuxLogits head, absent in eval mode
+        assert entry["torch_params"] + entry["published_aux_params"] == entry["published_params"]
+
+
+@pytest.mark.parametrize("name", list(export_zoo.KERAS_MODELS))
+def test_keras_costs(zoo, name):
+    out, manifest = zoo
+    entry = manifest[name]
+    cm = morphonnx.cost_model(morphonnx.load(out / entry["files"]["onnx"]))
+    assert cm.not_costed == []
+    assert cm.params == entry["folded_params_expected"]
+    bn_params = entry["keras_count_params"] - entry["keras_bn_moving_stats"] - entry["folded_params_expected"]
+    assert 0 <= bn_params < 0.01 * entry["keras_count_params"]  # only BN scale/shift entries move
+
+
+def test_keras_and_torch_agree_on_shared_architectures(zoo):
+    out, manifest = zoo
+    macs = {n: morphonnx.cost_model(morphonnx.load(out / next(iter(manifest[n]["files"].values())))).total("macs")
+            for n in ("inception_v3", "keras_inception_v3", "densenet121", "keras_densenet121")}
+    assert macs["keras_inception_v3"] == pytest.approx(macs["inception_v3"], rel=0.001)
+    assert macs["keras_densenet121"] == pytest.approx(macs["densenet121"], rel=0.001)
