@@ -43,6 +43,67 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _groups(args: argparse.Namespace):
+    from .graph import load
+    from .groups import find_groups
+    graph = load(args.model, batch=args.batch, input_shapes=_shapes(args))
+    return graph, find_groups(graph)
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    """Channel groups: which channels live or die together, what one channel costs, what is pinned."""
+    from .groups import format_groups
+    _, groups = _groups(args)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(groups.to_dict(), indent=1))
+    print(format_groups(groups, top=args.top))
+    if args.json:
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Rewrite the model with masks, fold removed channels' constants, verify against the oracle."""
+    from .masks import legalize, masks_from_sources, masks_from_threshold, read_masks_file, refuse_empty_groups
+    from .report import human
+    from .rewrite import channel_counts, check, prune, save_model, summarize, uses_external_data
+    if (args.masks is None) == (args.threshold is None):
+        raise BadInput("prune: give exactly one of --masks FILE and --threshold T")
+    graph, groups = _groups(args)
+    if args.masks is not None:
+        masks = masks_from_sources(groups, read_masks_file(args.masks), where=f"masks file {args.masks}")
+    else:
+        masks = masks_from_threshold(groups, args.threshold)
+    masks = legalize(groups, masks)
+    refuse_empty_groups(groups, masks)
+    result = prune(groups, masks)
+    for w in result.masks.warnings + result.notes:
+        print(f"warning: {w}", file=sys.stderr)
+    costs = summarize(graph, result.model)
+    ch = channel_counts(groups, result.masks)
+    print(f"MACs     {human(costs['macs'][0]):>10s} -> {human(costs['macs'][1]):>10s}  "
+          f"({100 * costs['macs'][1] / max(1, costs['macs'][0]):.1f}%)")
+    print(f"params   {human(costs['params'][0]):>10s} -> {human(costs['params'][1]):>10s}  "
+          f"({100 * costs['params'][1] / max(1, costs['params'][0]):.1f}%)")
+    print(f"channels {ch[0]:>10d} -> {ch[1]:>10d}  (outputs of Conv/Gemm/MatMul)")
+    if costs["folded_constant_values"]:
+        print(f"bias maps {human(costs['folded_constant_values']):>9s} constant values (not counted as params)")
+    kinds = {k: list(result.folds.values()).count(k) for k in sorted(set(result.folds.values()))}
+    if kinds:
+        print("folded constants of removed channels: " + ", ".join(f"{v} into a {k}" for k, v in kinds.items()))
+    if not args.no_check:
+        c = check(graph, result.oracle, result.model)
+        print(f"check: onnx checker {c.checker}; max abs error vs oracle {c.max_abs_error:.3g} "
+              f"= {c.relative:.2e} x max|output| (tolerance {c.tolerance:g})")
+        if not c.ok:
+            print(f"morphonnx: the pruned model fails the equivalence check; {args.output} not written",
+                  file=sys.stderr)
+            return 1
+    save_model(result.model, args.output, external=uses_external_data(graph))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     """List the hardware profiles that --profile accepts by name."""
     from .profiles import available_profiles, load_profile
@@ -69,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--top", type=int, default=10, help="how many of the costliest ops to print (default 10)")
     a.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     a.set_defaults(func=cmd_analyze)
+
+    g = sub.add_parser("groups", help="channel groups, their costs and pins")
+    g.add_argument("model", help="ONNX model file")
+    _add_shape_options(g)
+    g.add_argument("--top", type=int, default=20, help="how many groups to print (default 20)")
+    g.add_argument("--json", metavar="OUT", help="write every group as JSON")
+    g.set_defaults(func=cmd_groups)
+
+    p_ = sub.add_parser("prune", help="rewrite the model with channel masks and verify it")
+    p_.add_argument("model", help="ONNX model file")
+    p_.add_argument("-o", "--output", required=True, help="pruned ONNX model to write")
+    p_.add_argument("--masks", metavar="FILE", help='JSON {"masks": {SOURCE: [1, 0, ...]}} (node or weight names)')
+    p_.add_argument("--threshold", type=float, metavar="T", help="keep channels whose |BN scale| > T")
+    p_.add_argument("--no-check", action="store_true", help="skip the checker and the equivalence check")
+    _add_shape_options(p_)
+    p_.set_defaults(func=cmd_prune)
 
     pr = sub.add_parser("profiles", help="list the bundled hardware profiles")
     pr.set_defaults(func=cmd_profiles)

@@ -270,8 +270,12 @@ def _set_input_shapes(model: onnx.ModelProto, batch: int | None, shapes: Mapping
 
 
 def _clear_inferred(model: onnx.ModelProto) -> None:
-    # Stale symbolic value_info from the exporter would fight the concrete shapes we infer.
+    # Stale symbolic value_info from the exporter would fight the concrete shapes we infer;
+    # only what onnx cannot infer (outputs of custom-domain ops) is kept.
+    custom = {o for n in model.graph.node if n.domain not in ("", "ai.onnx") for o in n.output}
+    keep = [vi for vi in model.graph.value_info if vi.name in custom]
     del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
     for o in model.graph.output:
         tt = o.type.tensor_type
         if tt.HasField("shape") and any(not d.HasField("dim_value") for d in tt.shape.dim):

@@ -1,0 +1,222 @@
+"""Channel rules: what each ONNX op type does to channels, one small rule per op family.
+
+A rule is called once per node, in topological order, with a `TieContext`. It declares:
+- the channel space of each output (`out_space`: which axis holds channels, how many);
+- ties: channel i of one tensor lives or dies with channel j of another (`tie`);
+- slicings: a constant input whose axis is indexed by a tensor's channels (`slice`), so the
+  rewrite cuts it and the cost model knows what one channel weighs;
+- sources: the node's weights or BN scales create the channels of a tensor (`source`);
+- consumers: the node reduces a tensor's channels away (a Conv or Gemm input side), the
+  place where removed channels' constant outputs are folded (`consume`);
+- pins, with a reason: channels that must never be removed (`pin`).
+An op with no rule pins every channel it touches and is reported by type.
+
+The result is a `ChannelPlan`; `groups.py` turns its ties into groups, `rewrite.py` uses its
+slicings and rewrite hooks to cut the model.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import onnx
+from networkx.utils import UnionFind
+from onnx import helper
+
+from ..graph import Graph
+
+RULES: dict[str, Callable[["TieContext"], None]] = {}
+_FAMILIES = ("source", "elementwise", "concat", "reshape", "reduce")
+
+
+def register(*op_types: str) -> Callable:
+    """Decorator: make the function the channel rule of these op types."""
+    def wrap(fn: Callable[["TieContext"], None]) -> Callable[["TieContext"], None]:
+        for op in op_types:
+            RULES[op] = fn
+        return fn
+    return wrap
+
+
+@dataclass(frozen=True)
+class Space:
+    """Where a tensor's channels are: `axis` holds `size` channels of `block` contiguous entries each
+    (block > 1 after a Flatten: channel c is features [c*block, (c+1)*block))."""
+
+    axis: int
+    size: int
+    block: int = 1
+
+
+@dataclass(frozen=True)
+class Slicing:
+    """Constant input `input` of a node has `axis` indexed by the channels of `tensor` (blocked like it)."""
+
+    input: int
+    axis: int
+    tensor: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """`node` creates the channels of `tensor` with its weights (`kind` "weight") or BN scales ("bn")."""
+
+    node: str
+    op_type: str
+    tensor: str
+    kind: str
+    weight: str | None
+
+
+@dataclass
+class ChannelPlan:
+    """Channel spaces, ties, slicings, sources, consumers and pins of a whole graph."""
+
+    graph: Graph
+    spaces: dict[str, Space] = field(default_factory=dict)
+    base: dict[str, int] = field(default_factory=dict)
+    count: int = 0
+    uf: UnionFind = field(default_factory=UnionFind)
+    pins: dict[int, str] = field(default_factory=dict)
+    sources: list[Source] = field(default_factory=list)
+    slicings: dict[str, list[Slicing]] = field(default_factory=dict)
+    consumers: list[tuple[str, int, str]] = field(default_factory=list)  # (node, input index, tensor)
+    hooks: dict[str, Callable] = field(default_factory=dict)  # node → rewrite hook for attributes
+    # Lists of element-id blocks that must keep equal counts (the groups of a grouped conv).
+    constraints: list[list[np.ndarray]] = field(default_factory=list)
+    no_rule: dict[str, list[str]] = field(default_factory=dict)  # op_type → node names
+
+    def ids(self, tensor: str, channels: Iterable[int] | None = None) -> np.ndarray:
+        """Global element ids of a tensor's channels (all of them by default)."""
+        base = self.base[tensor]
+        if channels is None:
+            return np.arange(base, base + self.spaces[tensor].size)
+        return base + np.asarray(list(channels), dtype=np.int64)
+
+
+class TieContext:
+    """What a channel rule sees of one node and may declare about it."""
+
+    def __init__(self, plan: ChannelPlan, node: onnx.NodeProto):
+        self.plan = plan
+        self.graph = plan.graph
+        self.node = node
+        self._attrs = {a.name: a for a in node.attribute}
+
+    # ---- reading ------------------------------------------------------------------------------
+    def attr(self, name: str, default=None):
+        """An attribute's value, or `default`."""
+        a = self._attrs.get(name)
+        if a is None:
+            return default
+        v = helper.get_attribute_value(a)
+        return v.decode() if isinstance(v, bytes) else v
+
+    def input(self, i: int) -> str | None:
+        """Name of input i, None if absent."""
+        return self.node.input[i] if i < len(self.node.input) and self.node.input[i] else None
+
+    def output(self, i: int = 0) -> str:
+        """Name of output i."""
+        return self.node.output[i]
+
+    def space(self, tensor: str | None) -> Space | None:
+        """The channel space of a tensor, None if it has none."""
+        return self.plan.spaces.get(tensor) if tensor else None
+
+    def shape(self, tensor: str) -> tuple[int, ...] | None:
+        """The static shape of a tensor, None if not static."""
+        info = self.graph.info(tensor)
+        return tuple(info.shape) if info is not None and info.is_static else None  # type: ignore[arg-type]
+
+    def is_constant(self, tensor: str | None) -> bool:
+        """True for initializers and Constant outputs."""
+        return bool(tensor) and self.graph.is_constant(tensor)
+
+    def value(self, tensor: str) -> np.ndarray | None:
+        """The value of a constant input, None if it is not constant."""
+        return self.graph.array(tensor) if self.is_constant(tensor) else None
+
+    @property
+    def where(self) -> str:
+        """`OpType 'name'` for reasons and messages."""
+        return f"{self.node.op_type} '{self.node.name}'"
+
+    # ---- declaring ----------------------------------------------------------------------------
+    def out_space(self, tensor: str, axis: int, size: int, block: int = 1) -> Space:
+        """Give `tensor` a channel space (once)."""
+        plan = self.plan
+        if tensor in plan.spaces:
+            return plan.spaces[tensor]
+        space = Space(axis, size, block)
+        plan.spaces[tensor] = space
+        plan.base[tensor] = plan.count
+        plan.count += size
+        return space
+
+    def tie(self, a: str, b: str, a_channels: Sequence[int] | None = None,
+            b_channels: Sequence[int] | None = None) -> None:
+        """Channel a_channels[k] of `a` lives or dies with b_channels[k] of `b` (default: all, in order)."""
+        ia, ib = self.plan.ids(a, a_channels), self.plan.ids(b, b_channels)
+        if len(ia) != len(ib):
+            raise ValueError(f"{self.where}: tie of {len(ia)} with {len(ib)} channels")
+        uf = self.plan.uf
+        for x, y in zip(ia.tolist(), ib.tolist()):
+            uf.union(x, y)
+
+    def slice(self, input_index: int, axis: int, tensor: str) -> None:
+        """Constant input `input_index` has `axis` indexed by the channels of `tensor`."""
+        self.plan.slicings.setdefault(self.node.name, []).append(Slicing(input_index, axis, tensor))
+
+    def source(self, tensor: str, kind: str, weight: str | None) -> None:
+        """This node creates the channels of `tensor`."""
+        self.plan.sources.append(Source(self.node.name, self.node.op_type, tensor, kind, weight))
+
+    def consume(self, input_index: int) -> None:
+        """This node reduces the channels of input `input_index` away (folding point)."""
+        tensor = self.input(input_index)
+        if tensor in self.plan.spaces:
+            self.plan.consumers.append((self.node.name, input_index, tensor))
+
+    def pin(self, tensor: str | None, reason: str, channels: Sequence[int] | None = None) -> None:
+        """Never remove these channels of `tensor` (all by default)."""
+        if tensor in self.plan.spaces:
+            for i in self.plan.ids(tensor, channels).tolist():
+                self.plan.pins.setdefault(i, reason)
+
+    def pin_all(self, reason: str) -> None:
+        """Pin every channel of every input and output with a space."""
+        for t in list(self.node.input) + list(self.node.output):
+            self.pin(t, reason)
+
+    def hook(self, fn: Callable) -> None:
+        """Run `fn(rewrite_context)` when the node is rewritten (attributes, shape constants)."""
+        self.plan.hooks[self.node.name] = fn
+
+
+def channel_plan(graph: Graph) -> ChannelPlan:
+    """Run every node's channel rule in topological order; pin graph outputs."""
+    plan = ChannelPlan(graph)
+    for name in graph.topological_nodes():
+        node = graph.nodes[name]
+        ctx = TieContext(plan, node)
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None:
+            plan.no_rule.setdefault(node.op_type, []).append(name)
+            ctx.pin_all(f"no channel rule for {node.op_type}")
+            continue
+        rule(ctx)
+    for out in graph.outputs:
+        TieContext(plan, onnx.NodeProto()).pin(out, "graph output")
+    return plan
+
+
+def aligned_axis(out_rank: int, in_rank: int, out_axis: int) -> int:
+    """The axis of a broadcast input (numpy right alignment) that lines up with `out_axis`."""
+    return out_axis - (out_rank - in_rank)
+
+
+for _family in _FAMILIES:
+    importlib.import_module(f"{__name__}.{_family}")

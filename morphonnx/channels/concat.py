@@ -1,0 +1,130 @@
+"""Concat, Split, Slice and Gather: offsets on the channel axis, ties on any other axis."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import TieContext, register
+
+
+def _axis(ctx: TieContext, rank: int, default: int = 0) -> int:
+    a = int(ctx.attr("axis", default))
+    return a + rank if a < 0 else a
+
+
+@register("Concat")
+def concat(ctx: TieContext) -> None:
+    """On the channel axis: input k's channels sit at an offset in the output; elsewhere: all tied."""
+    out = ctx.output(0)
+    oshape = ctx.shape(out)
+    spaced = [t for t in ctx.node.input if ctx.space(t) is not None]
+    if not spaced or oshape is None:
+        return
+    ref = ctx.space(spaced[0])
+    axis = _axis(ctx, len(oshape))
+    if axis == ref.axis:
+        ctx.out_space(out, axis, oshape[axis] // ref.block, ref.block)
+        offset = 0
+        for t in ctx.node.input:
+            width = ctx.shape(t)[axis] // ref.block
+            space = ctx.space(t)
+            rng = range(offset, offset + width)
+            if space is not None and space.axis == axis and space.block == ref.block:
+                ctx.tie(t, out, None, rng)
+            else:
+                ctx.pin(out, f"{ctx.where} input '{t}' has no channels to cut", rng)
+            offset += width
+        return
+    ctx.out_space(out, ref.axis, ref.size, ref.block)
+    for i, t in enumerate(ctx.node.input):
+        space = ctx.space(t)
+        if space is not None and space.axis == ref.axis and space.size == ref.size:
+            ctx.tie(t, out)
+        elif ctx.is_constant(t) and ref.block == 1:
+            ctx.slice(i, ref.axis, out)
+        else:
+            ctx.pin(out, f"{ctx.where} joins '{t}', which cannot be cut along channels")
+
+
+@register("Split")
+def split(ctx: TieContext) -> None:
+    """On the channel axis: output k takes a contiguous range (sizes rewritten); elsewhere: tied."""
+    x = ctx.input(0)
+    xs, xshape = ctx.space(x), ctx.shape(x)
+    if xs is None:
+        return
+    axis = _axis(ctx, len(xshape))
+    if axis != xs.axis:
+        for out in ctx.node.output:
+            ctx.out_space(out, xs.axis, xs.size, xs.block)
+            ctx.tie(x, out)
+        return
+    offset = 0
+    for out in ctx.node.output:
+        width = ctx.shape(out)[axis] // xs.block
+        ctx.out_space(out, axis, width, xs.block)
+        ctx.tie(x, out, range(offset, offset + width))
+        offset += width
+    ctx.hook(_split_sizes)
+
+
+def _split_sizes(rw) -> None:
+    sizes = np.array([rw.kept_count(o) * rw.block(o) for o in rw.node.outputs], dtype=np.int64)
+    if len(rw.node.inputs) > 1 and rw.node.inputs[1] is not None and rw.is_const(1):
+        rw.set_const(1, sizes)
+    elif "split" in rw.node.attrs:
+        rw.set_attr("split", [int(s) for s in sizes])
+
+
+@register("Slice")
+def slice_(ctx: TieContext) -> None:
+    """A step-1 slice of the channel axis keeps a contiguous range; other axes pass channels through."""
+    x, out = ctx.input(0), ctx.output(0)
+    xs, xshape = ctx.space(x), ctx.shape(x)
+    if xs is None:
+        return
+    consts = [ctx.value(ctx.input(i)) if ctx.input(i) else None for i in range(1, 5)]
+    if ctx.node.input[1:3] and any(c is None for c in consts[:2]):
+        return ctx.pin(x, f"{ctx.where} has non-constant bounds")
+    starts, ends = consts[0], consts[1]
+    axes = consts[2] if consts[2] is not None else np.arange(len(starts))
+    steps = consts[3] if consts[3] is not None else np.ones(len(starts), dtype=np.int64)
+    axes = [int(a) + len(xshape) if a < 0 else int(a) for a in axes]
+    if xs.axis not in axes:
+        ctx.out_space(out, xs.axis, xs.size, xs.block)
+        return ctx.tie(x, out)
+    k = axes.index(xs.axis)
+    start, stop, step = slice(int(starts[k]), int(ends[k]), int(steps[k])).indices(xshape[xs.axis])
+    if step != 1 or xs.block != 1 or stop <= start:
+        return ctx.pin(x, f"{ctx.where} slices channels with a step")
+    ctx.out_space(out, xs.axis, stop - start)
+    ctx.tie(x, out, range(start, stop))
+    ctx.hook(_slice_bounds(k, start))
+
+
+def _slice_bounds(k: int, start: int):
+    def hook(rw) -> None:
+        x, out = rw.node.inputs[0], rw.node.outputs[0]
+        kept_in = rw.kept(x)
+        new_start = int(np.sum(kept_in < start)) if kept_in is not None else start
+        starts, ends = rw.const(1).copy(), rw.const(2).copy()
+        starts[k], ends[k] = new_start, new_start + rw.kept_count(out)
+        rw.set_const(1, starts)
+        rw.set_const(2, ends)
+    return hook
+
+
+@register("Gather")
+def gather(ctx: TieContext) -> None:
+    """Gathering along another axis passes channels through (the axis may move); along channels: pin."""
+    x, idx, out = ctx.input(0), ctx.input(1), ctx.output(0)
+    xs, xshape, ishape = ctx.space(x), ctx.shape(x), ctx.shape(idx)
+    if xs is None or ishape is None:
+        return
+    axis = _axis(ctx, len(xshape))
+    if axis == xs.axis:
+        return ctx.pin(x, f"{ctx.where} gathers along channels")
+    new_axis = xs.axis if xs.axis < axis else xs.axis - 1 + len(ishape)
+    ctx.out_space(out, new_axis, xs.size, xs.block)
+    ctx.tie(x, out)
+
+

@@ -1,0 +1,103 @@
+"""Shape ops: Transpose moves the channel axis; Reshape, Flatten, Squeeze and Unsqueeze keep it,
+move it, or merge it with the axes after it (channel c becomes a contiguous run of features);
+a reshape that splits channels or merges them with earlier axes pins them. Expand broadcasts."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import Space, TieContext, aligned_axis, register
+
+
+@register("Transpose")
+def transpose(ctx: TieContext) -> None:
+    """The channel axis moves to where the permutation puts it."""
+    x, out = ctx.input(0), ctx.output(0)
+    xs, xshape = ctx.space(x), ctx.shape(x)
+    if xs is None:
+        return
+    perm = list(ctx.attr("perm", list(range(len(xshape) - 1, -1, -1))))
+    if xs.block != 1:
+        return ctx.pin(x, f"{ctx.where} transposes flattened features")
+    ctx.out_space(out, perm.index(xs.axis), xs.size)
+    ctx.tie(x, out)
+
+
+def map_space(xs: Space, xshape: tuple[int, ...], oshape: tuple[int, ...]) -> Space | None:
+    """Where the channels of a reshaped tensor go, or None if the reshape splits or mixes them.
+
+    The output axis k holds the channels when the axes before it hold exactly the input axes
+    before the channel axis, and its width is the channels times a run of the following input
+    axes (that run becomes the block of each channel).
+    """
+    before = math.prod(xshape[: xs.axis])
+    width = xs.size * xs.block
+    runs = {1}
+    for f in xshape[xs.axis + 1:]:
+        runs.add(max(runs) * f)
+    prod = 1
+    for k, d in enumerate(oshape):
+        if prod == before and d % width == 0 and d // width in runs:
+            return Space(k, xs.size, xs.block * (d // width))
+        prod *= d
+        if prod > before:
+            return None
+    return None
+
+
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(ctx: TieContext) -> None:
+    """Channels keep their order; their axis moves or absorbs the axes after it."""
+    x, out = ctx.input(0), ctx.output(0)
+    xs, xshape, oshape = ctx.space(x), ctx.shape(x), ctx.shape(out)
+    if xs is None:
+        return
+    space = map_space(xs, xshape, oshape) if oshape is not None else None
+    if space is None:
+        return ctx.pin(x, f"{ctx.where} splits channels or merges them with earlier axes")
+    ctx.out_space(out, space.axis, space.size, space.block)
+    ctx.tie(x, out)
+    if ctx.node.op_type == "Reshape":
+        ctx.hook(_shape_constant(space.axis))
+
+
+def _shape_constant(axis: int):
+    def hook(rw) -> None:
+        out = rw.node.outputs[0]
+        if rw.kept(out) is None or not rw.is_const(1):
+            return
+        shape = rw.const(1).copy()
+        if shape[axis] > 0:
+            shape[axis] = rw.kept_count(out) * rw.block(out)
+        rw.set_const(1, shape)
+    return hook
+
+
+@register("Expand", "Tile")
+def expand(ctx: TieContext) -> None:
+    """Broadcasting copies keep the channels (the target shape names the new count)."""
+    x, out = ctx.input(0), ctx.output(0)
+    xs, xshape, oshape = ctx.space(x), ctx.shape(x), ctx.shape(out)
+    if xs is None or oshape is None:
+        return
+    axis = aligned_axis(len(oshape), len(xshape), xs.axis)
+    if oshape[axis] != xshape[xs.axis]:
+        return ctx.pin(x, f"{ctx.where} repeats channels")
+    ctx.out_space(out, axis, xs.size, xs.block)
+    ctx.tie(x, out)
+    if ctx.node.op_type == "Expand":
+        ctx.hook(_expand_shape(axis))
+
+
+def _expand_shape(axis: int):
+    def hook(rw) -> None:
+        out = rw.node.outputs[0]
+        if rw.kept(out) is None or not rw.is_const(1):
+            return
+        shape = rw.const(1).copy()
+        k = axis - (len(rw.node.outputs[0].shape or []) - len(shape)) if rw.node.outputs[0].shape else axis
+        if 0 <= k < len(shape) and shape[k] > 1:
+            shape[k] = rw.kept_count(out)
+        rw.set_const(1, np.asarray(shape, dtype=np.int64))
+    return hook

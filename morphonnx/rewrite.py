@@ -1,0 +1,486 @@
+"""Rewrite: apply masks to the ONNX model, fold what removed channels leave behind, verify.
+
+The contract (DESIGN.md): the pruned model computes what the *oracle* computes, the original
+model with every removed channel silenced (BN scale 0; a Conv/Gemm/MatMul source without its
+own BN gets zero weight rows and bias). A silenced channel is not always zero downstream (a BN
+shift, sigmoid(0), a bias), so before a consumer (an op that reduces channels away: a Conv or
+Gemm input side) drops those channels, their contribution is folded: the oracle is evaluated
+at the consumer's input, the removed channels' values are checked to be input-independent,
+and the consumer applied to them alone gives a constant that goes into its bias, or, where it
+varies over positions (zero padding at the borders of a k×k conv), into an added bias map.
+A removed channel whose value depends on the input cannot be folded: it is kept, and the
+report says why.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from .costs import cost_model
+from .graph import Graph, infer_shapes
+from .groups import Groups
+from .masks import Masks
+
+BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+FOLDED_MAP = ".folded_map"
+
+
+# ---- models with all their weights ----------------------------------------------------------------
+
+def full_model(graph: Graph) -> onnx.ModelProto:
+    """The graph's (inferred, clutter-folded) model with every initializer back in place."""
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    g = model.graph
+    present = {t.name for t in g.initializer}
+    detached = [n for n in graph.initializers if n not in present]
+    keep_inputs = [i for i in g.input if i.name not in graph.initializers or i.name in present]
+    del g.input[:]
+    g.input.extend(keep_inputs)
+    g.initializer.extend(numpy_helper.from_array(graph.array(n), n) for n in detached)
+    return model
+
+
+def _replace_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    for t in model.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype, copy=False), name))
+            return
+    raise KeyError(name)
+
+
+def _expand(channels: np.ndarray, block: int) -> np.ndarray:
+    return (channels[:, None] * block + np.arange(block)).ravel() if block > 1 else channels
+
+
+# ---- which channels die ---------------------------------------------------------------------------
+
+def removed_by_tensor(groups: Groups, masks: Masks) -> dict[str, np.ndarray]:
+    """Tensor → its removed channel indices (only tensors that lose channels)."""
+    out: dict[str, list[int]] = {}
+    for g in groups.groups:
+        dead = masks.removed(g.id)
+        for t, chans in g.members.items():
+            for k in dead.tolist():
+                out.setdefault(t, []).extend(chans[k])
+    return {t: np.array(sorted(v), dtype=np.int64) for t, v in out.items() if v}
+
+
+def kept_by_tensor(groups: Groups, removed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Tensor → its kept channel indices, for tensors that lose channels."""
+    spaces = groups.plan.spaces
+    return {t: np.setdiff1d(np.arange(spaces[t].size), r) for t, r in removed.items()}
+
+
+def _has_own_bn(graph: Graph, tensor: str) -> bool:
+    users = graph.consumers.get(tensor, [])
+    return len(users) == 1 and graph.nodes[users[0]].op_type == "BatchNormalization"
+
+
+def oracle_model(groups: Groups, masks: Masks) -> onnx.ModelProto:
+    """The original model with every removed channel of every source silenced (DESIGN.md)."""
+    graph, plan = groups.graph, groups.plan
+    model = full_model(graph)
+    removed = removed_by_tensor(groups, masks)
+    values: dict[tuple[str, int], np.ndarray] = {}
+    for s in plan.sources:
+        dead = removed.get(s.tensor)
+        if dead is None or (s.kind == "weight" and _has_own_bn(graph, s.tensor)):
+            continue
+        node = graph.nodes[s.node]
+        wanted = [sl for sl in plan.slicings.get(s.node, []) if sl.tensor == s.tensor]
+        if s.kind == "bn":
+            wanted = [sl for sl in wanted if sl.input == 1]
+        for sl in wanted:
+            key = (s.node, sl.input)
+            if key not in values:
+                values[key] = graph.array(node.input[sl.input]).copy()
+            index = [slice(None)] * values[key].ndim
+            index[sl.axis] = dead
+            values[key][tuple(index)] = 0
+    nodes = {n.name: n for n in model.graph.node}
+    for (node_name, i), value in values.items():
+        node = nodes[node_name]
+        name = node.input[i]
+        if len(graph.consumers.get(name, [])) > 1:  # shared: give this node its own silenced copy
+            new = f"{name}.oracle.{node_name}"
+            model.graph.initializer.append(numpy_helper.from_array(value, new))
+            node.input[i] = new
+        else:
+            _replace_initializer(model, name, value)
+    return model
+
+
+# ---- running models -------------------------------------------------------------------------------
+
+def random_inputs(graph: Graph, seed: int) -> dict[str, np.ndarray]:
+    """Random values for every graph input at the graph's static shapes."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name in graph.inputs:
+        info = graph.info(name)
+        shape = graph.static_shape(name, "graph input")
+        dtype = info.dtype or np.float32
+        if np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[name] = rng.integers(0, 2, shape).astype(dtype)
+    return feeds
+
+
+def session(model: onnx.ModelProto, optimize: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session (all graph optimizations on by default)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in have)
+    return m
+
+
+# ---- folding ----------------------------------------------------------------------------------------
+
+@dataclass
+class Fold:
+    """A constant that removed input channels add to a consumer's output."""
+
+    node: str
+    tensor: str
+    value: np.ndarray  # the consumer's output-shaped contribution (batch 1), all output channels
+    uniform: bool
+
+
+def _contribution(graph: Graph, node_name: str, index: int, x: np.ndarray) -> np.ndarray:
+    """Run one consumer node alone, bias dropped, on input `index` = x."""
+    node = graph.nodes[node_name]
+    bias = BIAS_INPUT.get(node.op_type)
+    inputs, inits = [], []
+    for i, t in enumerate(node.input):
+        if i == bias or not t:
+            inputs.append("")
+        elif i == index:
+            inputs.append("x")
+        else:
+            inputs.append(t)
+            inits.append(numpy_helper.from_array(graph.array(t), t))
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    one = helper.make_node(node.op_type, inputs, ["y"], **{a.name: helper.get_attribute_value(a) for a in node.attribute})
+    elem = onnx.helper.np_dtype_to_tensor_dtype(x.dtype)
+    m = helper.make_model(helper.make_graph([one], "fold", [helper.make_tensor_value_info("x", elem, x.shape)],
+                                           [helper.make_empty_tensor_value_info("y")], inits),
+                          opset_imports=[o for o in graph.model.opset_import])
+    return session(m, optimize=False).run(None, {"x": x})[0]
+
+
+def compute_folds(groups: Groups, masks: Masks, oracle: onnx.ModelProto,
+                  seeds: tuple[int, int] = (101, 202)) -> tuple[list[Fold], dict[int, set[int]]]:
+    """Folds for every consumer of removed channels, and group channels that must be revived
+    because their silenced value depends on the input (group id → group channels)."""
+    graph, plan = groups.graph, groups.plan
+    removed = removed_by_tensor(groups, masks)
+    points = [(n, i, t) for n, i, t in plan.consumers if t in removed]
+    if not points:
+        return [], {}
+    tensors = sorted({t for _, _, t in points})
+    sess = session(_with_outputs(oracle, tensors), optimize=False)
+    runs = [dict(zip(tensors, sess.run(tensors, random_inputs(graph, s)))) for s in seeds]
+    folds: list[Fold] = []
+    revive: dict[int, set[int]] = {}
+    for t in tensors:
+        space = plan.spaces[t]
+        dead = removed[t]
+        pos = _expand(dead, space.block)
+        a, b = (np.take(r[t], pos, axis=space.axis) for r in runs)
+        scale = max(1e-30, float(np.max(np.abs(runs[0][t]))))
+        varies = np.abs(a - b) > 1e-6 * scale + 1e-7 * np.abs(a)
+        if varies.any():
+            axes = tuple(i for i in range(a.ndim) if i != space.axis)
+            bad = np.unique(np.flatnonzero(varies.any(axis=axes)) // space.block)
+            for c in dead[bad].tolist():
+                gid, k = groups.element_group[plan.ids(t, [c])[0]]
+                revive.setdefault(int(gid), set()).add(int(k))
+            continue
+        if not np.any(a):
+            continue
+        only_dead = np.zeros_like(runs[0][t])
+        index = [slice(None)] * only_dead.ndim
+        index[space.axis] = pos
+        only_dead[tuple(index)] = a
+        for node_name, i, tt in points:
+            if tt != t:
+                continue
+            y = _contribution(graph, node_name, i, only_dead)
+            out = graph.nodes[node_name].output[0]
+            oaxis = plan.spaces[out].axis if out in plan.spaces else 1
+            flat = np.moveaxis(y, oaxis, -1).reshape(-1, y.shape[oaxis])
+            uniform = bool(np.allclose(flat, flat[:1], rtol=1e-6, atol=1e-7 * max(1e-30, float(np.max(np.abs(y))))))
+            folds.append(Fold(node_name, out, y, uniform))
+    return folds, revive
+
+
+# ---- the rewrite ----------------------------------------------------------------------------------
+
+class RewriteContext:
+    """What a channel rule's rewrite hook may read and change on one gs node."""
+
+    def __init__(self, rewriter: "_Rewriter", node: gs.Node):
+        self.rw = rewriter
+        self.node = node
+
+    def _name(self, t) -> str:
+        return t if isinstance(t, str) else t.name
+
+    def kept(self, t) -> np.ndarray | None:
+        """Kept channel indices of a tensor, None if it keeps all (or has no channels)."""
+        return self.rw.kept.get(self._name(t))
+
+    def size(self, t) -> int:
+        """The tensor's channel count before pruning."""
+        return self.rw.plan.spaces[self._name(t)].size
+
+    def block(self, t) -> int:
+        """Entries per channel on the channel axis."""
+        return self.rw.plan.spaces[self._name(t)].block
+
+    def kept_count(self, t) -> int:
+        """Channels the tensor keeps."""
+        k = self.kept(t)
+        return self.size(t) if k is None else len(k)
+
+    def is_const(self, i: int) -> bool:
+        """True if input i is a constant."""
+        return i < len(self.node.inputs) and isinstance(self.node.inputs[i], gs.Constant)
+
+    def const(self, i: int) -> np.ndarray:
+        """The current value of constant input i."""
+        return np.asarray(self.node.inputs[i].values)
+
+    def set_const(self, i: int, value: np.ndarray) -> None:
+        """Replace constant input i (a private copy when other nodes share it)."""
+        self.rw.set_const(self.node, i, value)
+
+    def set_attr(self, name: str, value) -> None:
+        """Set an attribute."""
+        self.node.attrs[name] = value
+
+
+class _Rewriter:
+    def __init__(self, groups: Groups, kept: dict[str, np.ndarray]):
+        self.groups = groups
+        self.plan = groups.plan
+        self.kept = kept
+        self.gs_graph = gs.import_onnx(full_model(groups.graph))
+        self.nodes = {n.name: n for n in self.gs_graph.nodes}
+
+    def set_const(self, node: gs.Node, i: int, value: np.ndarray) -> None:
+        old = node.inputs[i]
+        value = np.ascontiguousarray(value, dtype=np.asarray(old.values).dtype)
+        if sum(1 for user in old.outputs if user is not node) > 0:
+            node.inputs[i] = gs.Constant(f"{old.name}.{node.name}", value)
+        else:
+            old.values = value
+
+    def slice_constants(self) -> None:
+        for node_name, slicings in self.plan.slicings.items():
+            node = self.nodes[node_name]
+            by_input: dict[int, list] = {}
+            for sl in slicings:
+                if sl.tensor in self.kept and sl.input < len(node.inputs) and isinstance(node.inputs[sl.input], gs.Constant):
+                    by_input.setdefault(sl.input, []).append(sl)
+            for i, sls in by_input.items():
+                value = np.asarray(node.inputs[i].values)
+                for sl in sls:
+                    idx = _expand(self.kept[sl.tensor], self.plan.spaces[sl.tensor].block)
+                    value = np.take(value, idx, axis=sl.axis)
+                self.set_const(node, i, value)
+
+    def run_hooks(self) -> None:
+        for node_name, hook in self.plan.hooks.items():
+            hook(RewriteContext(self, self.nodes[node_name]))
+
+    def apply_fold(self, fold: Fold) -> str:
+        node = self.nodes[fold.node]
+        out_space = self.plan.spaces.get(fold.tensor)
+        axis = out_space.axis if out_space else 1
+        value = fold.value
+        if fold.tensor in self.kept:
+            value = np.take(value, self.kept[fold.tensor], axis=axis)
+        bias = BIAS_INPUT.get(node.op)
+        if fold.uniform and bias is not None:
+            vec = np.moveaxis(value, axis, -1).reshape(-1, value.shape[axis])[0]
+            if node.op == "Gemm":
+                vec = vec / float(node.attrs.get("beta", 1.0))
+            if len(node.inputs) > bias and isinstance(node.inputs[bias], gs.Constant):
+                old = np.asarray(node.inputs[bias].values)
+                new = (np.broadcast_to(old, vec.shape) if old.size != vec.size else old.reshape(vec.shape)) + vec
+                self.set_const(node, bias, new.reshape(vec.shape) if old.ndim <= 1 else new.reshape(old.shape[:-1] + vec.shape))
+            else:
+                while len(node.inputs) < bias:
+                    node.inputs.append(gs.Variable.empty())
+                node.inputs.append(gs.Constant(f"{node.name}.folded_bias", vec.astype(np.float32)))
+            return "bias"
+        out = node.outputs[0]
+        pre = gs.Variable(f"{out.name}.before_fold", dtype=out.dtype)
+        node.outputs[0] = pre
+        if fold.uniform:
+            shape = [1] * value.ndim
+            shape[axis] = value.shape[axis]
+            value = np.moveaxis(value, axis, -1).reshape(-1, value.shape[axis])[0].reshape(shape)
+        const = gs.Constant(f"{node.name}{FOLDED_MAP}", np.ascontiguousarray(value, dtype=np.float32))
+        self.gs_graph.nodes.append(gs.Node("Add", f"{node.name}.fold", inputs=[pre, const], outputs=[out]))
+        return "bias vector" if fold.uniform else "bias map"
+
+    def export(self, original: onnx.ModelProto) -> onnx.ModelProto:
+        g = self.gs_graph
+        inputs = {t.name for t in g.inputs}
+        outputs = {t.name for t in g.outputs}
+        for t in g.tensors().values():
+            if isinstance(t, gs.Variable) and t.name not in inputs and t.name not in outputs:
+                t.shape = None
+        g.cleanup().toposort()
+        model = gs.export_onnx(g, do_type_check=False)
+        model.ir_version = original.ir_version
+        del model.opset_import[:]
+        model.opset_import.extend(original.opset_import)
+        model.producer_name = original.producer_name or "morphonnx"
+        del model.graph.value_info[:]
+        return model
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, its oracle, the final masks and what was done."""
+
+    model: onnx.ModelProto
+    oracle: onnx.ModelProto
+    masks: Masks
+    folds: dict[str, str] = field(default_factory=dict)  # consumer node → "bias" | "bias vector" | "bias map"
+    revived: dict[int, int] = field(default_factory=dict)  # group → channels kept since not foldable
+    notes: list[str] = field(default_factory=list)
+
+
+def prune(groups: Groups, masks: Masks, max_rounds: int = 5) -> PruneResult:
+    """Rewrite the model with the masks (already legalized); fold removed channels' constants."""
+    masks = masks.copy()
+    revived: dict[int, int] = {}
+    for _ in range(max_rounds):
+        oracle = oracle_model(groups, masks)
+        folds, revive = compute_folds(groups, masks, oracle)
+        if not revive:
+            break
+        for gid, chans in revive.items():
+            masks.keep[gid][sorted(chans)] = True
+            revived[gid] = revived.get(gid, 0) + len(chans)
+    else:
+        raise RuntimeError("removed channels kept depending on the input after several rounds")
+    kept = kept_by_tensor(groups, removed_by_tensor(groups, masks))
+    rw = _Rewriter(groups, kept)
+    rw.slice_constants()
+    rw.run_hooks()
+    done = {f.node: rw.apply_fold(f) for f in folds}
+    model = infer_shapes(rw.export(groups.graph.model), "pruned model")
+    notes = [f"group {gid}: {n} removed channels kept: their silenced value depends on the input"
+             for gid, n in revived.items()]
+    return PruneResult(model, oracle, masks, done, revived, notes)
+
+
+# ---- the check ------------------------------------------------------------------------------------
+
+@dataclass
+class Check:
+    """Result of the equivalence check: worst relative error over outputs and inputs."""
+
+    ok: bool
+    max_abs_error: float
+    max_abs_output: float
+    tolerance: float = 1e-4
+    checker: str = "passed"
+
+    @property
+    def relative(self) -> float:
+        """max abs error / max |output|."""
+        return self.max_abs_error / max(self.max_abs_output, 1e-30)
+
+
+def check(graph: Graph, oracle: onnx.ModelProto, pruned: onnx.ModelProto, seeds=(0, 1, 2),
+          tolerance: float = 1e-4) -> Check:
+    """Full onnx checker on the pruned model, then oracle vs pruned in onnxruntime (all optimizations)."""
+    try:
+        onnx.checker.check_model(pruned, full_check=True)
+        status = "passed"
+    except onnx.checker.ValidationError as e:
+        return Check(False, math.inf, 0.0, tolerance, f"failed: {str(e).splitlines()[0]}")
+    a, b = session(oracle), session(pruned)
+    err, top = 0.0, 0.0
+    for s in seeds:
+        feeds = random_inputs(graph, s)
+        for x, y in zip(a.run(None, feeds), b.run(None, feeds)):
+            top = max(top, float(np.max(np.abs(x))))
+            err = max(err, float(np.max(np.abs(x.astype(np.float64) - y))))
+    return Check(err <= tolerance * top, err, top, tolerance, status)
+
+
+def summarize(graph_before: Graph, pruned: onnx.ModelProto) -> dict:
+    """MACs and params before and after; folded bias maps are constants, not parameters."""
+    from .graph import load
+    before = cost_model(graph_before)
+    after = cost_model(load(pruned))
+    maps = sum(math.prod(t.dims) for t in pruned.graph.initializer if t.name.endswith(FOLDED_MAP))
+    return {"macs": [before.total("macs"), after.total("macs")], "params": [before.params, after.params - maps],
+            "folded_constant_values": maps}
+
+
+# ---- the whole job ----------------------------------------------------------------------------------
+
+def channel_counts(groups: Groups, masks: Masks) -> tuple[int, int]:
+    """Output channels of weight sources (Conv/Gemm/MatMul) before and after the masks."""
+    removed = removed_by_tensor(groups, masks)
+    before = after = 0
+    for s in groups.plan.sources:
+        if s.kind == "weight":
+            n = groups.plan.spaces[s.tensor].size
+            before += n
+            after += n - len(removed.get(s.tensor, ()))
+    return before, after
+
+
+def save_model(model: onnx.ModelProto, path, external: bool = False) -> None:
+    """Save atomically (temp files in the target directory, then renames); external data as PATH.data."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = external or model.ByteSize() > 1_800_000_000
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        data = path.name + ".data"
+        if external:
+            onnx.save_model(model, str(tmpdir / path.name), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data, size_threshold=1024)
+            os.replace(tmpdir / data, path.parent / data)
+        else:
+            onnx.save_model(model, str(tmpdir / path.name))
+        os.replace(tmpdir / path.name, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def uses_external_data(graph: Graph) -> bool:
+    """True if any initializer of the loaded model lives in an external file."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializers.values())

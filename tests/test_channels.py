@@ -1,0 +1,219 @@
+"""Channel rules on hand-built graphs: the groups each construct must produce, then a random-mask
+prune of the same graph checked against the oracle (DESIGN.md's contract)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import morphonnx
+from morphonnx.groups import find_groups
+from morphonnx.masks import all_alive, legalize
+from morphonnx.rewrite import check, prune
+
+from conftest import Net
+
+
+def groups_of(m):
+    return find_groups(morphonnx.load(m))
+
+
+def group_of(gr, tensor: str, channel: int = 0):
+    """The group holding channel `channel` of `tensor`."""
+    e = gr.plan.ids(tensor, [channel])[0]
+    return gr.groups[gr.element_group[e, 0]]
+
+
+def sources(g) -> set[str]:
+    return {s.node for s, _ in g.sources}
+
+
+def random_prune_ok(m, seeds=(0, 1, 2)):
+    g = morphonnx.load(m)
+    gr = find_groups(g)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        masks = all_alive(gr)
+        for grp in gr.groups:
+            if not grp.pinned:
+                keep = rng.random(grp.size) < rng.uniform(0.1, 0.9)
+                keep[rng.integers(grp.size)] = True
+                masks.keep[grp.id] = keep
+        result = prune(gr, legalize(gr, masks))
+        c = check(g, result.oracle, result.model)
+        assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}"
+    return gr
+
+
+def classifier(n: Net, x: str, c: int, size: int = 8) -> str:
+    p = n.node("GlobalAveragePool", [x])
+    f = n.node("Flatten", [p], axis=1)
+    return n.node("Gemm", [f, n.param((3, c), "fc.weight"), n.param((3,), "fc.bias")], "fc", transB=1)
+
+
+def test_residual_add_ties_the_stream():
+    n = Net()
+    stem = n.cbr("x", 4, 8, name="stem")
+    r = n.cbr(n.cbr(stem, 8, 6, name="a"), 6, 8, name="b")
+    y = n.node("Relu", [n.node("Add", [stem, r], "add")])
+    m = n.model(classifier(n, y, 8))
+    gr = random_prune_ok(m)
+    g = group_of(gr, "stem.relu")
+    assert sources(g) >= {"stem.conv", "stem.bn", "b.conv", "b.bn"} and g.size == 8 and not g.pinned
+    assert group_of(gr, "a.relu").size == 6 and group_of(gr, "fc").pinned == "graph output"
+
+
+def test_concat_of_towers_and_nested_concat():
+    n = Net()
+    t1, t2, t3 = n.cbr("x", 4, 3, name="t1"), n.cbr("x", 4, 5, name="t2"), n.cbr("x", 4, 2, name="t3")
+    inner = n.node("Concat", [t1, t2], "inner", axis=1)
+    outer = n.node("Concat", [inner, t3], "outer", axis=1)
+    m = n.model(classifier(n, n.cbr(outer, 10, 4, name="after"), 4))
+    gr = random_prune_ok(m)
+    assert group_of(gr, "outer", 0) is group_of(gr, "t1.relu", 0)
+    assert group_of(gr, "outer", 3) is group_of(gr, "t2.relu", 0)
+    g3 = group_of(gr, "t3.relu")
+    assert g3.members["outer"] == [[8], [9]]
+
+
+def test_split_on_channels():
+    n = Net()
+    x = n.cbr("x", 4, 8, name="pre")
+    a, b = n.node("Split", [x, n.const([3, 5], dtype=np.int64)], "split", outputs=2, axis=1)
+    y = n.node("Concat", [n.cbr(a, 3, 4, name="pa"), n.cbr(b, 5, 4, name="pb")], "cat", axis=1)
+    m = n.model(classifier(n, y, 8))
+    gr = random_prune_ok(m)
+    assert group_of(gr, "split_1", 0) is group_of(gr, "pre.relu", 3)
+
+
+def test_slice_on_channels():
+    n = Net()
+    x = n.cbr("x", 4, 8, name="pre")
+    s = n.node("Slice", [x, n.const([2], dtype=np.int64), n.const([7], dtype=np.int64),
+                         n.const([1], dtype=np.int64)], "slice")
+    m = n.model(classifier(n, n.cbr(s, 5, 4, name="post"), 4))
+    gr = random_prune_ok(m)
+    assert group_of(gr, "slice", 0) is group_of(gr, "pre.relu", 2)
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_ties_input_to_output_block(multiplier):
+    n = Net()
+    x = n.cbr("x", 4, 6, name="pre")
+    dw = n.cbr(x, 6, 6 * multiplier, group=6, name="dw")
+    m = n.model(classifier(n, n.cbr(dw, 6 * multiplier, 4, k=1, name="pw"), 4))
+    gr = random_prune_ok(m)
+    g = group_of(gr, "pre.relu", 1)
+    assert g is group_of(gr, "dw.relu", multiplier) and g.size == 6
+    assert g.members["dw.relu"][1] == list(range(multiplier, 2 * multiplier))
+
+
+def test_grouped_conv_keeps_equal_groups():
+    n = Net()
+    x = n.cbr("x", 4, 8, name="pre")
+    gconv = n.cbr(x, 8, 8, group=2, name="g")
+    m = n.model(classifier(n, gconv, 8))
+    gr = random_prune_ok(m)
+    assert len(gr.plan.constraints) == 2
+    masks = all_alive(gr)
+    pre = group_of(gr, "pre.relu")
+    masks.keep[pre.id][:] = [1, 0, 0, 0, 1, 1, 1, 0]
+    fixed = legalize(gr, masks).keep[pre.id]
+    assert fixed[:4].sum() == fixed[4:].sum() == 3
+
+
+def test_se_block():
+    n = Net()
+    x = n.cbr("x", 4, 8, name="pre")
+    s = n.node("ReduceMean", [x], "se.mean", axes=[2, 3], keepdims=1)
+    s = n.node("Relu", [n.conv(s, 8, 2, k=1, name="se.fc1")])
+    gate = n.node("Sigmoid", [n.conv(s, 2, 8, k=1, name="se.fc2")], "se.gate")
+    y = n.node("Mul", [x, gate], "se.scale")
+    m = n.model(classifier(n, n.cbr(y, 8, 4, name="post"), 4), opset=17)
+    gr = random_prune_ok(m)
+    assert sources(group_of(gr, "se.scale")) >= {"pre.conv", "pre.bn", "se.fc2"}
+
+
+def test_flatten_into_gemm_features():
+    n = Net()
+    x = n.cbr("x", 4, 6, name="pre")
+    p = n.node("MaxPool", [x], "pool", kernel_shape=[2, 2], strides=[2, 2])
+    f = n.node("Flatten", [p], "flatten", axis=1)
+    h = n.node("Relu", [n.node("Gemm", [f, n.param((10, 6 * 16), "fc1.weight"), n.param((10,), "fc1.bias")],
+                               "fc1", transB=1)])
+    m = n.model(n.node("Gemm", [h, n.param((3, 10), "fc2.weight")], "fc2", transB=1))
+    gr = random_prune_ok(m)
+    assert gr.plan.spaces["flatten"].block == 16 and group_of(gr, "flatten") is group_of(gr, "pre.relu")
+    assert not group_of(gr, "fc1").pinned
+
+
+def test_reshape_flatten_with_shape_constant():
+    n = Net()
+    x = n.cbr("x", 4, 6, name="pre")
+    f = n.node("Reshape", [x, n.const([1, -1], dtype=np.int64)], "reshape")
+    m = n.model(n.node("Gemm", [f, n.param((3, 6 * 64), "fc.weight")], "fc", transB=1))
+    random_prune_ok(m)
+
+
+def test_channels_last_mlp():
+    """convnext: Transpose to NHWC, MatMul MLP over the last axis, Transpose back."""
+    n = Net()
+    x = n.conv("x", 4, 8, name="stem")
+    t = n.node("Transpose", [x], "to_nhwc", perm=[0, 2, 3, 1])
+    h = n.node("Gelu", [n.node("Add", [n.node("MatMul", [t, n.param((8, 16), "mlp.fc1.weight")], "fc1"),
+                                        n.param((16,), "mlp.fc1.bias")])], "gelu")
+    o = n.node("Add", [n.node("MatMul", [h, n.param((16, 8), "mlp.fc2.weight")], "fc2"), n.param((8,), "b2")])
+    back = n.node("Transpose", [o], "to_nchw", perm=[0, 3, 1, 2])
+    m = n.model(classifier(n, n.node("Add", [x, back], "res"), 8), opset=20)
+    gr = random_prune_ok(m)
+    assert gr.plan.spaces["to_nhwc"].axis == 3 and group_of(gr, "gelu").size == 16
+    assert group_of(gr, "to_nhwc") is group_of(gr, "stem")
+
+
+def test_shared_initializer():
+    n = Net()
+    x = n.cbr("x", 4, 6, name="pre")
+    w = n.param((6, 6, 3, 3), "shared.weight")
+    a = n.node("Relu", [n.conv(x, 6, 6, weight=w, name="c1", bias=False)])
+    b = n.node("Relu", [n.conv(x, 6, 6, weight=w, name="c2", bias=False)])
+    m = n.model(classifier(n, n.node("Add", [a, b], "sum"), 6))
+    gr = random_prune_ok(m)
+    assert {s.weight for s, _ in group_of(gr, "sum").sources} == {"shared.weight"}
+
+
+@pytest.mark.parametrize("op, attrs, reason", [
+    ("LayerNormalization", {"axis": 1}, "normalizes over channels"),
+    ("Softmax", {"axis": 1}, "runs over channels"),
+    ("ReduceMean", {"axes": [1], "keepdims": 1}, "reduces over channels"),
+])
+def test_ops_over_channels_pin(op, attrs, reason):
+    n = Net()
+    x = n.cbr("x", 4, 6, name="pre")
+    extra = [n.param((6, 8, 8), "ln.scale", 1.0)] if op == "LayerNormalization" else []
+    y = n.node(op, [x] + extra, "mix", **attrs)
+    m = n.model(classifier(n, n.cbr(y, 1 if op == "ReduceMean" else 6, 4, name="post"), 4))
+    gr = random_prune_ok(m, seeds=(0,))
+    assert reason in (group_of(gr, "pre.relu").pinned or "")
+
+
+def test_channel_shuffle_reshape_pins():
+    n = Net()
+    x = n.cbr("x", 4, 8, name="pre")
+    r = n.node("Reshape", [x, n.const([1, 2, 4, 8, 8], dtype=np.int64)], "split_groups")
+    t = n.node("Transpose", [r], perm=[0, 2, 1, 3, 4])
+    back = n.node("Reshape", [t, n.const([1, 8, 8, 8], dtype=np.int64)], "merge")
+    m = n.model(classifier(n, n.cbr(back, 8, 4, name="post"), 4))
+    gr = random_prune_ok(m, seeds=(0,))
+    assert "splits channels" in group_of(gr, "pre.relu").pinned
+
+
+def test_unknown_op_pins_and_is_reported():
+    n = Net()
+    x = n.cbr("x", 4, 6, name="pre")
+    n.nodes.append(helper.make_node("Mystery", [x], ["odd"], name="odd", domain="com.example"))
+    m = n.model(classifier(n, n.cbr("odd", 6, 4, name="post"), 4))
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    m.graph.value_info.append(helper.make_tensor_value_info("odd", 1, [1, 6, 8, 8]))
+    gr = groups_of(m)
+    assert group_of(gr, "pre.relu").pinned == "no channel rule for Mystery"
+    assert gr.summary()["ops_without_channel_rule"] == {"Mystery": 1}
