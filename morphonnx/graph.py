@@ -149,6 +149,15 @@ class Graph:
         return 0
 
 
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """An attribute's value (strings decoded), or `default`."""
+    for a in node.attribute:
+        if a.name == name:
+            v = helper.get_attribute_value(a)
+            return v.decode() if isinstance(v, bytes) else v
+    return default
+
+
 def _stored_constants(model: onnx.ModelProto) -> set[str]:
     return {t.name for t in model.graph.initializer} | {
         o for n in model.graph.node if n.op_type == "Constant" for o in n.output}

@@ -23,9 +23,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import onnx
 from networkx.utils import UnionFind
-from onnx import helper
 
-from ..graph import Graph
+from ..graph import Graph, node_attr
 
 RULES: dict[str, Callable[["TieContext"], None]] = {}
 _FAMILIES = ("source", "elementwise", "concat", "reshape", "reduce")
@@ -103,16 +102,11 @@ class TieContext:
         self.plan = plan
         self.graph = plan.graph
         self.node = node
-        self._attrs = {a.name: a for a in node.attribute}
 
     # ---- reading ------------------------------------------------------------------------------
     def attr(self, name: str, default=None):
         """An attribute's value, or `default`."""
-        a = self._attrs.get(name)
-        if a is None:
-            return default
-        v = helper.get_attribute_value(a)
-        return v.decode() if isinstance(v, bytes) else v
+        return node_attr(self.node, name, default)
 
     def input(self, i: int) -> str | None:
         """Name of input i, None if absent."""
@@ -125,6 +119,13 @@ class TieContext:
     def space(self, tensor: str | None) -> Space | None:
         """The channel space of a tensor, None if it has none."""
         return self.plan.spaces.get(tensor) if tensor else None
+
+    def first_space(self) -> tuple[str, Space] | None:
+        """The first input with channels and its space (the reference of a multi-input op)."""
+        for t in self.node.input:
+            if t in self.plan.spaces:
+                return t, self.plan.spaces[t]
+        return None
 
     def shape(self, tensor: str) -> tuple[int, ...] | None:
         """The static shape of a tensor, None if not static."""

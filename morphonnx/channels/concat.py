@@ -15,11 +15,10 @@ def _axis(ctx: TieContext, rank: int, default: int = 0) -> int:
 def concat(ctx: TieContext) -> None:
     """On the channel axis: input k's channels sit at an offset in the output; elsewhere: all tied."""
     out = ctx.output(0)
-    oshape = ctx.shape(out)
-    spaced = [t for t in ctx.node.input if ctx.space(t) is not None]
-    if not spaced or oshape is None:
+    oshape, first = ctx.shape(out), ctx.first_space()
+    if first is None or oshape is None:
         return
-    ref = ctx.space(spaced[0])
+    ref = first[1]
     axis = _axis(ctx, len(oshape))
     if axis == ref.axis:
         ctx.out_space(out, axis, oshape[axis] // ref.block, ref.block)

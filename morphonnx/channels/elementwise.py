@@ -23,12 +23,11 @@ POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool
 def broadcast(ctx: TieContext) -> None:
     """Numpy-broadcast elementwise op (extra scalar inputs such as Clip's bounds broadcast)."""
     out = ctx.output(0)
-    oshape = ctx.shape(out)
-    spaced = [t for t in ctx.node.input if ctx.space(t) is not None]
-    if not spaced or oshape is None:
+    oshape, first = ctx.shape(out), ctx.first_space()
+    if first is None or oshape is None:
         return
-    ref = ctx.space(spaced[0])
-    axis = aligned_axis(len(oshape), len(ctx.shape(spaced[0]) or ()), ref.axis)
+    ref = first[1]
+    axis = aligned_axis(len(oshape), len(ctx.shape(first[0]) or ()), ref.axis)
     ctx.out_space(out, axis, ref.size, ref.block)
     for i, t in enumerate(ctx.node.input):
         shape = ctx.shape(t) if t else None
@@ -46,31 +45,19 @@ def broadcast(ctx: TieContext) -> None:
             ctx.pin(out, f"{ctx.where} combines channels with '{t}', which cannot be cut along them")
 
 
-@register("BatchNormalization")
-def batch_norm(ctx: TieContext) -> None:
-    """Per-channel scale, bias, mean and var are sliced; the scales are sources (MorphNet's gammas)."""
+@register("BatchNormalization", "InstanceNormalization")
+def per_channel_norm(ctx: TieContext) -> None:
+    """Per-channel scale, bias (and BN's mean and var) are sliced; BN scales are sources (MorphNet's gammas)."""
     x, out = ctx.input(0), ctx.output(0)
     xs = ctx.space(x)
     if xs is None or xs.axis != 1:
         return ctx.pin_all(f"{ctx.where} normalizes an input without channels on axis 1")
     ctx.out_space(out, 1, xs.size)
     ctx.tie(x, out)
-    for i in range(1, 5):
+    for i in range(1, len(ctx.node.input)):
         ctx.slice(i, 0, out)
-    ctx.source(out, "bn", ctx.input(1))
-
-
-@register("InstanceNormalization")
-def instance_norm(ctx: TieContext) -> None:
-    """Per-channel scale and bias are sliced."""
-    x, out = ctx.input(0), ctx.output(0)
-    xs = ctx.space(x)
-    if xs is None or xs.axis != 1:
-        return ctx.pin_all(f"{ctx.where} normalizes an input without channels on axis 1")
-    ctx.out_space(out, 1, xs.size)
-    ctx.tie(x, out)
-    ctx.slice(1, 0, out)
-    ctx.slice(2, 0, out)
+    if ctx.node.op_type == "BatchNormalization":
+        ctx.source(out, "bn", ctx.input(1))
 
 
 @register(*POOLS, "Resize", "Upsample", "Pad", "LRN")

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import onnx
 from onnx import TensorProto, helper
 
-from ..graph import Graph
+from ..graph import Graph, node_attr
 
 RULES: dict[str, Callable[["OpContext"], "Work"]] = {}
 
@@ -87,15 +87,10 @@ class OpContext:
     def __init__(self, graph: Graph, node: onnx.NodeProto):
         self.graph = graph
         self.node = node
-        self._attrs = {a.name: a for a in node.attribute}
 
     def attr(self, name: str, default=None):
         """An attribute's value (ints, floats, strings decoded), or `default`."""
-        a = self._attrs.get(name)
-        if a is None:
-            return default
-        v = helper.get_attribute_value(a)
-        return v.decode() if isinstance(v, bytes) else v
+        return node_attr(self.node, name, default)
 
     def has_input(self, i: int) -> bool:
         """True if optional input i is present."""
