@@ -71,6 +71,7 @@ class Graph:
         self.producer: dict[str, str] = {}
         self.consumers: dict[str, list[str]] = {}
         self._arrays: dict[str, np.ndarray] = {}
+        self.origins: dict[str, str] = {}  # folded re-layout of a parameter → that parameter's name
         for node in g.node:
             self.nodes[node.name] = node
             for t in node.output:
@@ -358,13 +359,29 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
     stored = _stored_constants(model)
     weights = _detach_weights(model)
     model = infer_shapes(model, where)
+    origins: dict[str, str] = {}
+    relaid: dict[str, np.ndarray] = {}
     for _ in range(4):  # folding can make more shapes static, which lets more fold
         before = len(model.graph.node)
-        fold_constants(model)
+        o, v = fold_constants(model, weights, str(base_dir) if base_dir else None)
+        origins.update(o)
+        relaid.update(v)
         if len(model.graph.node) == before:
             break
         model = infer_shapes(model, where)
-    return Graph(model, base_dir, path, stored, weights)
+    for new, old in origins.items():  # a re-laid-out parameter is still that parameter
+        while old in origins:
+            old = origins[old]
+        origins[new] = old
+    stored |= set(origins)
+    for name, value in relaid.items():
+        stub = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype))
+        stub.dims.extend(value.shape)
+        weights[name] = stub  # typed, without data: the value is in the array cache
+    graph = Graph(model, base_dir, path, stored, weights)
+    graph.origins = origins
+    graph._arrays.update(relaid)
+    return graph
 
 
 def iter_constant_inputs(graph: Graph, node: onnx.NodeProto) -> Iterable[tuple[int, str]]:

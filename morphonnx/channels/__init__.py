@@ -172,7 +172,8 @@ class TieContext:
         self.plan.slicings.setdefault(self.node.name, []).append(Slicing(input_index, axis, tensor))
 
     def source(self, tensor: str, kind: str, weight: str | None) -> None:
-        """This node creates the channels of `tensor`."""
+        """This node creates the channels of `tensor` (a folded re-layout is named by its parameter)."""
+        weight = self.graph.origins.get(weight, weight) if weight else weight
         self.plan.sources.append(Source(self.node.name, self.node.op_type, tensor, kind, weight))
 
     def consume(self, input_index: int) -> None:
