@@ -74,7 +74,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         masks = masks_from_sources(groups, read_masks_file(args.masks), where=f"masks file {args.masks}")
     else:
         masks = masks_from_threshold(groups, args.threshold)
-    masks = legalize(groups, masks)
+    masks = legalize(groups, masks, args.round)
     refuse_empty_groups(groups, masks)
     result = prune(groups, masks)
     for w in result.masks.warnings + result.notes:
@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_.add_argument("-o", "--output", required=True, help="pruned ONNX model to write")
     p_.add_argument("--masks", metavar="FILE", help='JSON {"masks": {SOURCE: [1, 0, ...]}} (node or weight names)')
     p_.add_argument("--threshold", type=float, metavar="T", help="keep channels whose |BN scale| > T")
+    p_.add_argument("--round", type=int, default=1, metavar="N",
+                    help="keep a multiple of N channels in every group (fast kernels want 8 or 16; default 1)")
     p_.add_argument("--no-check", action="store_true", help="skip the checker and the equivalence check")
     _add_shape_options(p_)
     p_.set_defaults(func=cmd_prune)

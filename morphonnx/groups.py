@@ -96,7 +96,10 @@ def find_groups(graph: Graph, costs: CostModel | None = None) -> Groups:
     uf = plan.uf
     roots = np.fromiter((uf[i] for i in range(plan.count)), dtype=np.int64, count=plan.count)
     owner = np.empty(plan.count, dtype=np.int64)
-    tensors = list(plan.spaces)
+    tensors = list(plan.base)  # one per alias class
+    aliases: dict[str, list[str]] = {}
+    for t, r in plan.rep.items():
+        aliases.setdefault(r, []).append(t)
     for k, t in enumerate(tensors):
         owner[plan.base[t]: plan.base[t] + plan.spaces[t].size] = k
     # One component = one group channel; components touching the same tensors form one group.
@@ -121,6 +124,9 @@ def find_groups(graph: Graph, costs: CostModel | None = None) -> Groups:
                 element_group[e] = (gid, k)
             for t, ch in per.items():
                 members[t].append(ch)
+        for rep in list(members):
+            for t in aliases[rep]:
+                members[t] = members[rep]
         reasons = [plan.pins[e] for elems in channel_elems for e in elems if e in plan.pins]
         groups.append(Group(gid, len(channel_elems), members, [], reasons[0] if reasons else None, channel_elems))
     for s in plan.sources:

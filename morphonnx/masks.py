@@ -25,6 +25,7 @@ class Masks:
     keep: dict[int, np.ndarray]
     warnings: list[str] = field(default_factory=list)
     disagreements: dict[int, int] = field(default_factory=dict)  # group id → channels sources disagree on
+    scores: dict[int, np.ndarray] = field(default_factory=dict)  # group id → importance (max |gamma|)
 
     def removed(self, gid: int) -> np.ndarray:
         """Group channels that die."""
@@ -32,7 +33,8 @@ class Masks:
 
     def copy(self) -> "Masks":
         """An independent copy."""
-        return Masks({k: v.copy() for k, v in self.keep.items()}, list(self.warnings), dict(self.disagreements))
+        return Masks({k: v.copy() for k, v in self.keep.items()}, list(self.warnings), dict(self.disagreements),
+                     dict(self.scores))
 
 
 def all_alive(groups: Groups) -> Masks:
@@ -83,7 +85,11 @@ def masks_from_threshold(groups: Groups, threshold: float) -> Masks:
     result = all_alive(groups)
     for s in groups.plan.sources:
         if s.kind == "bn" and s.weight:
-            _vote(groups, s, np.abs(groups.graph.array(s.weight)) > threshold, votes, result)
+            gamma = np.abs(groups.graph.array(s.weight))
+            _vote(groups, s, gamma > threshold, votes, result)
+            for c, gid, k in groups.source_channels(s):
+                score = result.scores.setdefault(gid, np.zeros(groups.groups[gid].size))
+                score[k] = max(score[k], gamma[c])
     _decide(groups, votes, result)
     return result
 
@@ -118,13 +124,21 @@ def _decide(groups: Groups, votes: dict[int, list[np.ndarray]], result: Masks) -
                                f"{' ...' if len(result.disagreements) > 10 else ''})")
 
 
-def legalize(groups: Groups, masks: Masks) -> Masks:
-    """Revive channels until every grouped convolution keeps the same count in each of its groups."""
+def legalize(groups: Groups, masks: Masks, multiple: int = 1) -> Masks:
+    """Revive channels until every grouped convolution keeps the same count in each of its groups
+    and, with `multiple` > 1, every group keeps a multiple of that many channels (or all of them).
+
+    Runtimes pick their fast kernels for channel counts that are multiples of their SIMD width
+    (onnxruntime on AVX-512: 16); revived channels are the most important dead ones (highest
+    |gamma| when the masks come from BN scales, else the lowest indices).
+    """
+    if multiple < 1:
+        raise BadInput(f"--round {multiple}: must be a positive integer")
     masks = masks.copy()
     eg = groups.element_group
     changed = True
     while changed:
-        changed = False
+        changed = _round_up(groups, masks, multiple)
         for blocks in groups.plan.constraints:
             counts = [sum(bool(masks.keep[eg[e, 0]][eg[e, 1]]) for e in b.tolist()) for b in blocks]
             target = max(counts)
@@ -138,6 +152,24 @@ def legalize(groups: Groups, masks: Masks) -> Masks:
                         n += 1
                         changed = True
     return masks
+
+
+def _round_up(groups: Groups, masks: Masks, multiple: int) -> bool:
+    changed = False
+    if multiple == 1:
+        return changed
+    for g in groups.groups:
+        keep = masks.keep[g.id]
+        n = int(keep.sum())
+        target = min(g.size, -(-n // multiple) * multiple)
+        if g.pinned or n == 0 or n == target:
+            continue
+        dead = np.flatnonzero(~keep)
+        score = masks.scores.get(g.id)
+        order = dead[np.argsort(-score[dead], kind="stable")] if score is not None else dead
+        keep[order[: target - n]] = True
+        changed = True
+    return changed
 
 
 def refuse_empty_groups(groups: Groups, masks: Masks) -> None:

@@ -33,28 +33,6 @@ FOLDED_MAP = ".folded_map"
 
 # ---- models with all their weights ----------------------------------------------------------------
 
-def full_model(graph: Graph) -> onnx.ModelProto:
-    """The graph's (inferred, clutter-folded) model with every initializer back in place."""
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.model)
-    g = model.graph
-    present = {t.name for t in g.initializer}
-    detached = [n for n in graph.initializers if n not in present]
-    keep_inputs = [i for i in g.input if i.name not in graph.initializers or i.name in present]
-    del g.input[:]
-    g.input.extend(keep_inputs)
-    g.initializer.extend(numpy_helper.from_array(graph.array(n), n) for n in detached)
-    return model
-
-
-def _replace_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
-    for t in model.graph.initializer:
-        if t.name == name:
-            t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype, copy=False), name))
-            return
-    raise KeyError(name)
-
-
 def _expand(channels: np.ndarray, block: int) -> np.ndarray:
     return (channels[:, None] * block + np.arange(block)).ravel() if block > 1 else channels
 
@@ -83,10 +61,48 @@ def _has_own_bn(graph: Graph, tensor: str) -> bool:
     return len(users) == 1 and graph.nodes[users[0]].op_type == "BatchNormalization"
 
 
-def oracle_model(groups: Groups, masks: Masks) -> onnx.ModelProto:
-    """The original model with every removed channel of every source silenced (DESIGN.md)."""
+@dataclass
+class Oracle:
+    """The original model with every removed channel of every source silenced (DESIGN.md).
+
+    `model` is the loaded model (its small initializers in place); `weights` are the large
+    ones, fed to onnxruntime as inputs so that no session serializes them.
+    """
+
+    model: onnx.ModelProto
+    weights: dict[str, np.ndarray]
+
+    def session(self) -> "ort.InferenceSession":
+        """An onnxruntime session of the oracle."""
+        return session(self.model, optimize=False)
+
+    def run(self, sess: "ort.InferenceSession", feeds: dict[str, np.ndarray], outputs=None) -> list[np.ndarray]:
+        """Run with the graph inputs `feeds` (weights added)."""
+        return sess.run(outputs, {**feeds, **self.weights})
+
+    def to_model(self) -> onnx.ModelProto:
+        """A self-contained ModelProto of the oracle."""
+        m = onnx.ModelProto()
+        m.CopyFrom(self.model)
+        names = set(self.weights)
+        keep = [i for i in m.graph.input if i.name not in names]
+        del m.graph.input[:]
+        m.graph.input.extend(keep)
+        m.graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v), n) for n, v in self.weights.items())
+        return m
+
+
+def oracle_model(groups: Groups, masks: Masks) -> Oracle:
+    """Build the oracle of these masks."""
     graph, plan = groups.graph, groups.plan
-    model = full_model(graph)
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    in_model = {t.name: t for t in model.graph.initializer}
+    weights = {n: graph.array(n) for n in graph.initializers if n not in in_model and n in graph.consumers}
+    unused = {n for n in graph.initializers if n not in in_model and n not in graph.consumers}
+    inputs = [i for i in model.graph.input if i.name not in unused]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
     removed = removed_by_tensor(groups, masks)
     values: dict[tuple[str, int], np.ndarray] = {}
     for s in plan.sources:
@@ -109,12 +125,17 @@ def oracle_model(groups: Groups, masks: Masks) -> onnx.ModelProto:
         node = nodes[node_name]
         name = node.input[i]
         if len(graph.consumers.get(name, [])) > 1:  # shared: give this node its own silenced copy
-            new = f"{name}.oracle.{node_name}"
-            model.graph.initializer.append(numpy_helper.from_array(value, new))
-            node.input[i] = new
+            name = node.input[i] = f"{name}.oracle.{node_name}"
+        if name in in_model:
+            t = in_model[name]
+            t.CopyFrom(numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(t.data_type)), name))
+        elif name in weights:
+            weights[name] = value
         else:
-            _replace_initializer(model, name, value)
-    return model
+            weights[name] = value
+            model.graph.input.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape))
+    return Oracle(model, weights)
 
 
 # ---- running models -------------------------------------------------------------------------------
@@ -163,42 +184,104 @@ class Fold:
     uniform: bool
 
 
-def _contribution(graph: Graph, node_name: str, index: int, x: np.ndarray) -> np.ndarray:
-    """Run one consumer node alone, bias dropped, on input `index` = x."""
-    node = graph.nodes[node_name]
-    bias = BIAS_INPUT.get(node.op_type)
-    inputs, inits = [], []
-    for i, t in enumerate(node.input):
-        if i == bias or not t:
-            inputs.append("")
-        elif i == index:
-            inputs.append("x")
-        else:
-            inputs.append(t)
-            inits.append(numpy_helper.from_array(graph.array(t), t))
-    while inputs and not inputs[-1]:
-        inputs.pop()
-    one = helper.make_node(node.op_type, inputs, ["y"], **{a.name: helper.get_attribute_value(a) for a in node.attribute})
-    elem = onnx.helper.np_dtype_to_tensor_dtype(x.dtype)
-    m = helper.make_model(helper.make_graph([one], "fold", [helper.make_tensor_value_info("x", elem, x.shape)],
-                                           [helper.make_empty_tensor_value_info("y")], inits),
-                          opset_imports=[o for o in graph.model.opset_import])
-    return session(m, optimize=False).run(None, {"x": x})[0]
+def _contributions(groups: Groups, jobs: list[tuple[str, int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Run each consumer node alone, bias dropped, on the removed channels of its input (`pos`,
+    the rest being zero), all in one session. Where the node's weight is sliced along that
+    input's channels, only those channels and weight entries are fed."""
+    graph, plan = groups.graph, groups.plan
+    nodes, feeds, inputs, inits = [], {}, [], []
+    for k, (node_name, index, x, pos) in enumerate(jobs):
+        node = graph.nodes[node_name]
+        tensor = node.input[index]
+        cut = {sl.input: sl.axis for sl in plan.slicings.get(node_name, []) if sl.tensor == tensor}
+        if cut:
+            x = np.take(x, pos, axis=plan.spaces[tensor].axis)
+        bias = BIAS_INPUT.get(node.op_type)
+        names = []
+        for i, t in enumerate(node.input):
+            if i == bias or not t:
+                names.append("")
+            elif i == index:
+                names.append(f"x{k}")
+            else:
+                value = graph.array(t)
+                if i in cut:
+                    value = np.take(value, pos, axis=cut[i])
+                names.append(f"c{k}.{i}")
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(value), f"c{k}.{i}"))
+        while names and not names[-1]:
+            names.pop()
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        nodes.append(helper.make_node(node.op_type, names, [f"y{k}"], **attrs))
+        inputs.append(helper.make_tensor_value_info(f"x{k}", helper.np_dtype_to_tensor_dtype(x.dtype), x.shape))
+        feeds[f"x{k}"] = x
+    m = helper.make_model(helper.make_graph(nodes, "fold", inputs,
+                                           [helper.make_empty_tensor_value_info(f"y{k}") for k in range(len(jobs))],
+                                           inits),
+                          opset_imports=list(graph.model.opset_import))
+    return session(m, optimize=False).run(None, feeds)
 
 
-def compute_folds(groups: Groups, masks: Masks, oracle: onnx.ModelProto,
-                  seeds: tuple[int, int] = (101, 202)) -> tuple[list[Fold], dict[int, set[int]]]:
-    """Folds for every consumer of removed channels, and group channels that must be revived
-    because their silenced value depends on the input (group id → group channels)."""
+# 0 in, 0 out: ops through which silenced (zero) channels stay zero. Add and Sub only when
+# every operand is a tied channel tensor (a constant or a broadcast operand adds something).
+ZERO_PRESERVING = {"Clip", "Relu", "LeakyRelu", "PRelu", "HardSwish", "Gelu", "Tanh", "Mish", "Neg", "Abs", "Erf", "Elu",
+                   "Selu", "Celu", "Sign", "Cast", "Identity", "Dropout", "MaxPool", "AveragePool",
+                   "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "Concat", "Split", "Slice",
+                   "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Upsample", "Pad", "Gather",
+                   "Expand", "Tile", "Mul", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Add", "Sub", "Sum"}
+
+
+def zero_when_silenced(groups: Groups) -> set[str]:
+    """Tensors whose silenced channels are exactly zero in the oracle, whatever the input.
+
+    A source silenced by zero rows outputs zero; zero-preserving ops keep it so. Anything else
+    (a BN shift, a sigmoid, a bias add) may not, and is evaluated numerically.
+    """
+    graph, plan = groups.graph, groups.plan
+    zero: set[str] = set()
+    sourced = {s.tensor for s in plan.sources if s.kind == "weight" and not _has_own_bn(graph, s.tensor)}
+    for name in graph.topological_nodes():
+        node = graph.nodes[name]
+        outs = [o for o in node.output if o in plan.spaces]
+        if not outs:
+            continue
+        if outs[0] in sourced:
+            zero.update(outs)
+            continue
+        if node.op_type not in ZERO_PRESERVING or node.op_type == "Clip" and not _clip_keeps_zero(graph, node):
+            continue
+        spaced = [t for t in node.input if t in plan.spaces]
+        if not spaced or not all(t in zero for t in spaced):
+            continue
+        if node.op_type in ("Add", "Sub", "Sum") and len(spaced) != len([t for t in node.input if t]):
+            continue
+        zero.update(outs)
+    return zero
+
+
+def _clip_keeps_zero(graph: Graph, node: onnx.NodeProto) -> bool:
+    bounds = [graph.array(t) for t in node.input[1:3] if t and graph.is_constant(t)]
+    return len(bounds) == len([t for t in node.input[1:3] if t]) and all(
+        (b <= 0).all() if i == 0 else (b >= 0).all() for i, b in enumerate(bounds))
+
+
+def compute_folds(groups: Groups, masks: Masks, seeds: tuple[int, int] = (101, 202)
+                  ) -> tuple[list[Fold], dict[int, set[int]], Oracle | None]:
+    """Folds for every consumer of removed channels that may not be zero, group channels that
+    must be revived because their silenced value depends on the input (group id → group
+    channels), and the oracle if it had to be built."""
     graph, plan = groups.graph, groups.plan
     removed = removed_by_tensor(groups, masks)
-    points = [(n, i, t) for n, i, t in plan.consumers if t in removed]
+    zero = zero_when_silenced(groups)
+    points = [(n, i, t) for n, i, t in plan.consumers if t in removed and t not in zero]
     if not points:
-        return [], {}
+        return [], {}, None
     tensors = sorted({t for _, _, t in points})
-    sess = session(_with_outputs(oracle, tensors), optimize=False)
-    runs = [dict(zip(tensors, sess.run(tensors, random_inputs(graph, s)))) for s in seeds]
+    oracle = oracle_model(groups, masks)
+    sess = session(_with_outputs(oracle.model, tensors), optimize=False)
+    runs = [dict(zip(tensors, oracle.run(sess, random_inputs(graph, s), tensors))) for s in seeds]
     folds: list[Fold] = []
+    jobs: list[tuple[str, int, np.ndarray, np.ndarray]] = []
     revive: dict[int, set[int]] = {}
     for t in tensors:
         space = plan.spaces[t]
@@ -220,16 +303,14 @@ def compute_folds(groups: Groups, masks: Masks, oracle: onnx.ModelProto,
         index = [slice(None)] * only_dead.ndim
         index[space.axis] = pos
         only_dead[tuple(index)] = a
-        for node_name, i, tt in points:
-            if tt != t:
-                continue
-            y = _contribution(graph, node_name, i, only_dead)
-            out = graph.nodes[node_name].output[0]
-            oaxis = plan.spaces[out].axis if out in plan.spaces else 1
-            flat = np.moveaxis(y, oaxis, -1).reshape(-1, y.shape[oaxis])
-            uniform = bool(np.allclose(flat, flat[:1], rtol=1e-6, atol=1e-7 * max(1e-30, float(np.max(np.abs(y))))))
-            folds.append(Fold(node_name, out, y, uniform))
-    return folds, revive
+        jobs += [(node_name, i, only_dead, pos) for node_name, i, tt in points if tt == t]
+    for (node_name, *_), y in zip(jobs, _contributions(groups, jobs) if jobs else []):
+        out = graph.nodes[node_name].output[0]
+        oaxis = plan.spaces[out].axis if out in plan.spaces else 1
+        flat = np.moveaxis(y, oaxis, -1).reshape(-1, y.shape[oaxis])
+        uniform = bool(np.allclose(flat, flat[:1], rtol=1e-6, atol=1e-7 * max(1e-30, float(np.max(np.abs(y))))))
+        folds.append(Fold(node_name, out, y, uniform))
+    return folds, revive, oracle
 
 
 # ---- the rewrite ----------------------------------------------------------------------------------
@@ -278,12 +359,23 @@ class RewriteContext:
         self.node.attrs[name] = value
 
 
+def _import_with_weights(graph: Graph) -> gs.Graph:
+    """The graph as an onnx-graphsurgeon Graph whose detached weights are Constants (no proto copies)."""
+    g = gs.import_onnx(graph.model)
+    tensors = g.tensors()
+    detached = [n for n in graph.initializers if n in tensors and isinstance(tensors[n], gs.Variable)]
+    g.inputs = [t for t in g.inputs if t.name not in set(detached)]
+    for n in detached:
+        tensors[n].to_constant(graph.array(n))
+    return g
+
+
 class _Rewriter:
     def __init__(self, groups: Groups, kept: dict[str, np.ndarray]):
         self.groups = groups
         self.plan = groups.plan
         self.kept = kept
-        self.gs_graph = gs.import_onnx(full_model(groups.graph))
+        self.gs_graph = _import_with_weights(groups.graph)
         self.nodes = {n.name: n for n in self.gs_graph.nodes}
 
     def set_const(self, node: gs.Node, i: int, value: np.ndarray) -> None:
@@ -363,23 +455,31 @@ class _Rewriter:
 
 @dataclass
 class PruneResult:
-    """The pruned model, its oracle, the final masks and what was done."""
+    """The pruned model, the final masks and what was done; `oracle` is built when first asked for."""
 
     model: onnx.ModelProto
-    oracle: onnx.ModelProto
+    groups: Groups
     masks: Masks
     folds: dict[str, str] = field(default_factory=dict)  # consumer node → "bias" | "bias vector" | "bias map"
     revived: dict[int, int] = field(default_factory=dict)  # group → channels kept since not foldable
     notes: list[str] = field(default_factory=list)
+    _oracle: Oracle | None = None
+
+    @property
+    def oracle(self) -> Oracle:
+        """The original model with the removed channels silenced (what `model` must compute)."""
+        if self._oracle is None:
+            self._oracle = oracle_model(self.groups, self.masks)
+        return self._oracle
 
 
 def prune(groups: Groups, masks: Masks, max_rounds: int = 5) -> PruneResult:
     """Rewrite the model with the masks (already legalized); fold removed channels' constants."""
     masks = masks.copy()
     revived: dict[int, int] = {}
+    oracle = None
     for _ in range(max_rounds):
-        oracle = oracle_model(groups, masks)
-        folds, revive = compute_folds(groups, masks, oracle)
+        folds, revive, oracle = compute_folds(groups, masks)
         if not revive:
             break
         for gid, chans in revive.items():
@@ -395,7 +495,7 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 5) -> PruneResult:
     model = infer_shapes(rw.export(groups.graph.model), "pruned model")
     notes = [f"group {gid}: {n} removed channels kept: their silenced value depends on the input"
              for gid, n in revived.items()]
-    return PruneResult(model, oracle, masks, done, revived, notes)
+    return PruneResult(model, groups, masks, done, revived, notes, oracle)
 
 
 # ---- the check ------------------------------------------------------------------------------------
@@ -416,7 +516,7 @@ class Check:
         return self.max_abs_error / max(self.max_abs_output, 1e-30)
 
 
-def check(graph: Graph, oracle: onnx.ModelProto, pruned: onnx.ModelProto, seeds=(0, 1, 2),
+def check(graph: Graph, oracle: Oracle, pruned: onnx.ModelProto, seeds=(0, 1, 2),
           tolerance: float = 1e-4) -> Check:
     """Full onnx checker on the pruned model, then oracle vs pruned in onnxruntime (all optimizations)."""
     try:
@@ -424,11 +524,12 @@ def check(graph: Graph, oracle: onnx.ModelProto, pruned: onnx.ModelProto, seeds=
         status = "passed"
     except onnx.checker.ValidationError as e:
         return Check(False, math.inf, 0.0, tolerance, f"failed: {str(e).splitlines()[0]}")
-    a, b = session(oracle), session(pruned)
+    a, b = oracle.session(), session(pruned)
     err, top = 0.0, 0.0
+    outputs = [o.name for o in oracle.model.graph.output]
     for s in seeds:
         feeds = random_inputs(graph, s)
-        for x, y in zip(a.run(None, feeds), b.run(None, feeds)):
+        for x, y in zip(oracle.run(a, feeds, outputs), b.run(outputs, feeds)):
             top = max(top, float(np.max(np.abs(x))))
             err = max(err, float(np.max(np.abs(x.astype(np.float64) - y))))
     return Check(err <= tolerance * top, err, top, tolerance, status)

@@ -2,13 +2,20 @@
 """Benchmarks, printed as ratios against references measured in the same run.
 
     python scripts/bench.py analyze [--zoo DIR] [--models a,b] [--repeat 3] [--sizes 100,1000,10000]
+    python scripts/bench.py prune [--zoo DIR] [--models a,b] [--repeat 3] [--keep 0.7]
 
 `analyze` times `morphonnx.analyze` (load, shape inference, cost model, roofline on two
 profiles, JSON document) on every zoo model, next to onnx-tool's
 `Model(path); graph.shape_infer(); graph.profile()` and to `onnx.load` + `onnx.save` of the
 same file; then on synthetic chains of Conv-BN-ReLU blocks of growing length it prints the
-time per node, which stays flat when the hot path is linear. Timings are the best of
-`--repeat` runs. Nothing here is asserted: read the ratios.
+time per node, which stays flat when the hot path is linear.
+
+`prune` times the whole rewrite without the equivalence check (load, groups, masks keeping a
+random `--keep` share of every group, prune with folding, atomic save) as a ratio to
+`onnx.load` + `onnx.save` of the same file, and runs the original and the pruned model in
+onnxruntime on this CPU: the latency ratio is printed beside the MACs ratio.
+
+Timings are the best of `--repeat` runs. Nothing here is asserted: read the ratios.
 """
 from __future__ import annotations
 
@@ -111,6 +118,63 @@ def bench_scaling(sizes: list[int], repeat: int, tmp: Path) -> None:
     print(f"time per node varies by {max(per_node) / min(per_node):.2f}x across sizes (linear: < 2x)")
 
 
+def random_masks(groups, keep: float, seed: int = 0, multiple: int = 1):
+    """Masks keeping a random `keep` share of every unpinned group (at least one channel)."""
+    from morphonnx.masks import all_alive, legalize
+    rng = np.random.default_rng(seed)
+    masks = all_alive(groups)
+    for g in groups.groups:
+        if not g.pinned:
+            alive = rng.random(g.size) < keep
+            alive[rng.integers(g.size)] = True
+            masks.keep[g.id] = alive
+    return legalize(groups, masks, multiple)
+
+
+def prune_once(path: Path, out: Path, keep: float, multiple: int = 1):
+    from morphonnx.groups import find_groups
+    from morphonnx.rewrite import prune, save_model
+    graph = morphonnx.load(path)
+    groups = find_groups(graph)
+    result = prune(groups, random_masks(groups, keep, multiple=multiple))
+    save_model(result.model, out)
+    return graph, result
+
+
+def ort_latency(model_path: Path, feeds: dict, repeat: int = 20) -> float:
+    """Median seconds of one onnxruntime run (all optimizations, 2 threads)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def bench_prune(zoo: Path, names: list[str], repeat: int, keep: float, multiple: int, tmp: Path) -> None:
+    from morphonnx.rewrite import random_inputs
+    manifest = export_zoo.ensure(zoo, names)
+    print(f"prune on the zoo ({zoo}); keep {keep:.0%} of every group at random, rounded to multiples of "
+          f"{multiple}; best of {repeat}")
+    print(f"{'model':34s} {'prune s':>8s} {'/ onnx load+save':>16s} {'MACs ratio':>10s} {'ORT latency ratio':>17s}")
+    for name in names:
+        for kind, file in manifest[name]["files"].items():
+            path, out = zoo / file, tmp / "pruned.onnx"
+            ours = best(lambda: prune_once(path, out, keep, multiple), repeat)
+            io = best(lambda: time_onnx_io(path, tmp), repeat)
+            graph, _ = prune_once(path, out, keep, multiple)
+            macs = morphonnx.cost_model(morphonnx.load(out)).total("macs") / morphonnx.cost_model(graph).total("macs")
+            feeds = random_inputs(graph, 0)
+            lat = ort_latency(out, feeds) / ort_latency(path, feeds)
+            print(f"{name + ' (' + kind + ')':34s} {ours:8.3f} {ours / io:16.2f} {macs:10.2f} {lat:17.2f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -119,11 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--models", default="", help="comma-separated zoo models (default: all)")
     a.add_argument("--repeat", type=int, default=3)
     a.add_argument("--sizes", default="100,1000,10000")
+    pr = sub.add_parser("prune", help="prune time vs onnx I/O, and ORT latency of the pruned model")
+    pr.add_argument("--zoo", type=Path, default=None)
+    pr.add_argument("--models", default="", help="comma-separated zoo models (default: all)")
+    pr.add_argument("--repeat", type=int, default=3)
+    pr.add_argument("--keep", type=float, default=0.7, help="share of each group kept (0.7: about half the MACs)")
+    pr.add_argument("--round", type=int, default=16, help="keep multiples of this many channels (default 16)")
     args = p.parse_args(argv)
     names = [n for n in args.models.split(",") if n] or export_zoo.TORCH_MODELS + list(export_zoo.KERAS_MODELS)
+    zoo = args.zoo or export_zoo.default_dir()
     with tempfile.TemporaryDirectory() as tmp:
-        bench_zoo(args.zoo or export_zoo.default_dir(), names, args.repeat, Path(tmp))
-        bench_scaling([int(s) for s in args.sizes.split(",")], args.repeat, Path(tmp))
+        if args.what == "analyze":
+            bench_zoo(zoo, names, args.repeat, Path(tmp))
+            bench_scaling([int(s) for s in args.sizes.split(",")], args.repeat, Path(tmp))
+        else:
+            bench_prune(zoo, names, args.repeat, args.keep, args.round, Path(tmp))
     return 0
 
 

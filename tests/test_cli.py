@@ -104,3 +104,63 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     assert r.returncode == 2 and r.stdout == "" and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     r = run("--debug", "analyze", str(tmp_path / "nope.onnx"))
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_groups_json(tmp_path, capsys):
+    out = tmp_path / "groups.json"
+    assert main(["groups", str(DEFAULT_MODEL), "--json", str(out)]) == 0
+    assert "prunable" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    g = doc["groups"][0]
+    assert set(g) >= {"id", "size", "pinned", "sources", "members", "cost_per_channel"}
+    assert set(g["sources"][0]) >= {"node", "op_type", "weight", "channels"}
+    assert len(g["sources"][0]["channels"]) == g["size"] and set(g["cost_per_channel"]) == {"macs", "params"}
+    assert any(x["pinned"] == "graph output" for x in doc["groups"])
+
+
+def test_prune_with_masks_file_and_threshold(tmp_path, capsys):
+    before = DEFAULT_MODEL.read_bytes()
+    masks = tmp_path / "masks.json"
+    masks.write_text(json.dumps({"masks": {"block1.a.conv.weight": [1, 0] * 8, "tower2.reduce.conv": [0, 1] * 4}}))
+    out = tmp_path / "pruned.onnx"
+    assert main(["prune", str(DEFAULT_MODEL), "-o", str(out), "--masks", str(masks)]) == 0
+    text = capsys.readouterr().out
+    assert "check: onnx checker passed" in text and "MACs" in text and out.exists()
+    pruned = onnx.load(str(out))
+    w = {t.name: t for t in pruned.graph.initializer}
+    assert list(w["block1.a.conv.weight"].dims) == [8, 16, 3, 3]  # names kept, rows cut
+    assert {n.name for n in pruned.graph.node} >= {"block1.a.conv", "tower2.reduce.conv"}
+    assert main(["prune", str(DEFAULT_MODEL), "-o", str(tmp_path / "t.onnx"), "--threshold", "0.9"]) == 0
+    assert DEFAULT_MODEL.read_bytes() == before
+
+
+def test_prune_check_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import morphonnx.rewrite as rewrite
+    monkeypatch.setattr(rewrite, "check", lambda *a, **k: rewrite.Check(False, 1.0, 1.0))
+    out = tmp_path / "pruned.onnx"
+    assert main(["prune", str(DEFAULT_MODEL), "-o", str(out), "--threshold", "0.9"]) == 1
+    assert not out.exists() and "fails the equivalence check" in capsys.readouterr().err
+    assert main(["prune", str(DEFAULT_MODEL), "-o", str(out), "--threshold", "0.9", "--no-check"]) == 0
+    assert out.exists()
+
+
+@pytest.mark.parametrize("masks, message", [
+    ({"masks": {"nope": [1]}}, "'nope' is not a source"),
+    ({"masks": {"stem.conv": [1, 0]}}, "'stem.conv' has 2 values, but stem.conv has 16 output channels"),
+    ({"masks": {"stem.conv": [1, 0.5] * 8}}, "'stem.conv' must be a list of 0/1 values"),
+    ({"masks": {"stem.conv": [0] * 16}}, "remove all 16 channels of group"),
+    ([1], "expected an object"),
+])
+def test_prune_bad_masks_exit_2(tmp_path, capsys, masks, message):
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps(masks))
+    out = tmp_path / "pruned.onnx"
+    assert main(["prune", str(DEFAULT_MODEL), "-o", str(out), "--masks", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not out.exists()
+    assert list(tmp_path.iterdir()) == [f]
+
+
+def test_prune_needs_exactly_one_mask_source(tmp_path, capsys):
+    assert main(["prune", str(DEFAULT_MODEL), "-o", str(tmp_path / "p.onnx")]) == 2
+    assert "exactly one of --masks FILE and --threshold T" in capsys.readouterr().err

@@ -71,28 +71,63 @@ class Source:
 
 @dataclass
 class ChannelPlan:
-    """Channel spaces, ties, slicings, sources, consumers and pins of a whole graph."""
+    """Channel spaces, ties, slicings, sources, consumers and pins of a whole graph.
+
+    Whole-tensor identity ties (elementwise ops, most of a network) merge tensors into one
+    alias class that shares one set of channel elements; only the other ties (offsets of a
+    concat, a depthwise block) go through a union-find over channel elements. `finalize`
+    assigns the elements once every rule has run.
+    """
 
     graph: Graph
     spaces: dict[str, Space] = field(default_factory=dict)
-    base: dict[str, int] = field(default_factory=dict)
-    count: int = 0
-    uf: UnionFind = field(default_factory=UnionFind)
-    pins: dict[int, str] = field(default_factory=dict)
+    alias: UnionFind = field(default_factory=UnionFind)
+    partial: list[tuple[str, str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    pin_list: list[tuple[str, np.ndarray | None, str]] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     slicings: dict[str, list[Slicing]] = field(default_factory=dict)
     consumers: list[tuple[str, int, str]] = field(default_factory=list)  # (node, input index, tensor)
     hooks: dict[str, Callable] = field(default_factory=dict)  # node → rewrite hook for attributes
-    # Lists of element-id blocks that must keep equal counts (the groups of a grouped conv).
-    constraints: list[list[np.ndarray]] = field(default_factory=list)
+    # (tensor, number of equal blocks): the groups of a grouped conv must keep equal counts.
+    block_constraints: list[tuple[str, int]] = field(default_factory=list)
     no_rule: dict[str, list[str]] = field(default_factory=dict)  # op_type → node names
+    # set by finalize():
+    rep: dict[str, str] = field(default_factory=dict)
+    base: dict[str, int] = field(default_factory=dict)
+    count: int = 0
+    uf: UnionFind = field(default_factory=UnionFind)
+    pins: dict[int, str] = field(default_factory=dict)
 
     def ids(self, tensor: str, channels: Iterable[int] | None = None) -> np.ndarray:
         """Global element ids of a tensor's channels (all of them by default)."""
-        base = self.base[tensor]
+        base = self.base[self.rep[tensor]]
         if channels is None:
             return np.arange(base, base + self.spaces[tensor].size)
         return base + np.asarray(list(channels), dtype=np.int64)
+
+    @property
+    def constraints(self) -> list[list[np.ndarray]]:
+        """Element-id blocks that must keep equal counts."""
+        out = []
+        for tensor, n in self.block_constraints:
+            per = self.spaces[tensor].size // n
+            out.append([self.ids(tensor, range(j * per, (j + 1) * per)) for j in range(n)])
+        return out
+
+    def finalize(self) -> None:
+        """Give each alias class its channel elements, then apply partial ties and pins."""
+        for t in self.spaces:
+            rep = self.alias[t]
+            self.rep[t] = rep
+            if rep not in self.base:
+                self.base[rep] = self.count
+                self.count += self.spaces[t].size
+        for a, b, ca, cb in self.partial:
+            for x, y in zip(self.ids(a, ca).tolist(), self.ids(b, cb).tolist()):
+                self.uf.union(x, y)
+        for tensor, channels, reason in self.pin_list:
+            for i in self.ids(tensor, channels).tolist():
+                self.pins.setdefault(i, reason)
 
 
 class TieContext:
@@ -148,24 +183,20 @@ class TieContext:
     # ---- declaring ----------------------------------------------------------------------------
     def out_space(self, tensor: str, axis: int, size: int, block: int = 1) -> Space:
         """Give `tensor` a channel space (once)."""
-        plan = self.plan
-        if tensor in plan.spaces:
-            return plan.spaces[tensor]
-        space = Space(axis, size, block)
-        plan.spaces[tensor] = space
-        plan.base[tensor] = plan.count
-        plan.count += size
-        return space
+        return self.plan.spaces.setdefault(tensor, Space(axis, size, block))
 
     def tie(self, a: str, b: str, a_channels: Sequence[int] | None = None,
             b_channels: Sequence[int] | None = None) -> None:
         """Channel a_channels[k] of `a` lives or dies with b_channels[k] of `b` (default: all, in order)."""
-        ia, ib = self.plan.ids(a, a_channels), self.plan.ids(b, b_channels)
-        if len(ia) != len(ib):
-            raise ValueError(f"{self.where}: tie of {len(ia)} with {len(ib)} channels")
-        uf = self.plan.uf
-        for x, y in zip(ia.tolist(), ib.tolist()):
-            uf.union(x, y)
+        sa, sb = self.plan.spaces[a], self.plan.spaces[b]
+        ca = np.arange(sa.size) if a_channels is None else np.asarray(list(a_channels), dtype=np.int64)
+        cb = np.arange(sb.size) if b_channels is None else np.asarray(list(b_channels), dtype=np.int64)
+        if len(ca) != len(cb):
+            raise ValueError(f"{self.where}: tie of {len(ca)} with {len(cb)} channels")
+        if a_channels is None and b_channels is None and sa.size == sb.size:
+            self.plan.alias.union(a, b)
+        else:
+            self.plan.partial.append((a, b, ca, cb))
 
     def slice(self, input_index: int, axis: int, tensor: str) -> None:
         """Constant input `input_index` has `axis` indexed by the channels of `tensor`."""
@@ -185,8 +216,7 @@ class TieContext:
     def pin(self, tensor: str | None, reason: str, channels: Sequence[int] | None = None) -> None:
         """Never remove these channels of `tensor` (all by default)."""
         if tensor in self.plan.spaces:
-            for i in self.plan.ids(tensor, channels).tolist():
-                self.plan.pins.setdefault(i, reason)
+            self.plan.pin_list.append((tensor, None if channels is None else np.asarray(list(channels)), reason))
 
     def pin_all(self, reason: str) -> None:
         """Pin every channel of every input and output with a space."""
@@ -212,6 +242,7 @@ def channel_plan(graph: Graph) -> ChannelPlan:
         rule(ctx)
     for out in graph.outputs:
         TieContext(plan, onnx.NodeProto()).pin(out, "graph output")
+    plan.finalize()
     return plan
 
 

@@ -40,15 +40,8 @@ def conv(ctx: TieContext) -> None:
         ctx.hook(_depthwise_group)
         return
     ctx.consume(0)
-    ctx.plan.constraints.append(_blocks(ctx, x, group))
-    ctx.plan.constraints.append(_blocks(ctx, out, group))
+    ctx.plan.block_constraints += [(x, group), (out, group)]
     ctx.hook(_grouped_columns(c_in // group, c_out // group))
-
-
-def _blocks(ctx: TieContext, tensor: str, group: int) -> list[np.ndarray]:
-    size = ctx.space(tensor).size
-    per = size // group
-    return [ctx.plan.ids(tensor, range(j * per, (j + 1) * per)) for j in range(group)]
 
 
 def _depthwise_group(rw) -> None:
