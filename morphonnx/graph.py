@@ -302,7 +302,7 @@ def _unique_node_names(model: onnx.ModelProto) -> None:
         seen.add(name)
 
 
-def _detach_weights(model: onnx.ModelProto) -> dict[str, TensorProto]:
+def _detach_weights(model: onnx.ModelProto, base_dir: Path | None) -> dict[str, TensorProto]:
     """Take large initializers out of the model, leaving typed graph inputs in their place.
 
     Shape inference serializes the whole model; without the weights it is fast whatever
@@ -311,10 +311,13 @@ def _detach_weights(model: onnx.ModelProto) -> dict[str, TensorProto]:
     g = model.graph
     saved = list(g.initializer)
     big = {t.name: t for t in saved if t.data_type != TensorProto.INT64 and _numel(t) > 64}
-    if not big:
+    small = [t for t in saved if t.name not in big]
+    if not big and all(t.data_location != TensorProto.EXTERNAL for t in small):
         return {}
     g.ClearField("initializer")
-    g.initializer.extend(t for t in saved if t.name not in big)
+    # Small tensors kept in the model carry their data, so that the model runs from bytes.
+    g.initializer.extend(t if t.data_location != TensorProto.EXTERNAL
+                         else numpy_helper.from_array(numpy_helper.to_array(t, str(base_dir)), t.name) for t in small)
     listed = {i.name for i in g.input}
     g.input.extend(helper.make_tensor_value_info(n, t.data_type, list(t.dims)) for n, t in big.items()
                    if n not in listed)
@@ -357,7 +360,7 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
     _set_input_shapes(model, batch, input_shapes or {})
     _clear_inferred(model)
     stored = _stored_constants(model)
-    weights = _detach_weights(model)
+    weights = _detach_weights(model, base_dir)
     model = infer_shapes(model, where)
     origins: dict[str, str] = {}
     relaid: dict[str, np.ndarray] = {}

@@ -23,7 +23,8 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .costs import cost_model
-from .graph import Graph, infer_shapes
+from .graph import Graph
+from .channels import Slicing
 from .groups import Groups
 from .masks import Masks
 
@@ -59,6 +60,18 @@ def kept_by_tensor(groups: Groups, removed: dict[str, np.ndarray]) -> dict[str, 
 def _has_own_bn(graph: Graph, tensor: str) -> bool:
     users = graph.consumers.get(tensor, [])
     return len(users) == 1 and graph.nodes[users[0]].op_type == "BatchNormalization"
+
+
+def _bias_add(groups: Groups, tensor: str) -> tuple[str, int] | None:
+    """(node, input) of the bias of a MatMul source: the Add of a per-channel constant that alone
+    follows it (a Linear exported as MatMul + Add); its entries are the source's bias entries."""
+    users = groups.graph.consumers.get(tensor, [])
+    if len(users) != 1 or groups.graph.nodes[users[0]].op_type != "Add":
+        return None
+    for sl in groups.plan.slicings.get(users[0], []):
+        if sl.tensor == groups.graph.nodes[users[0]].output[0]:
+            return users[0], sl.input
+    return None
 
 
 @dataclass
@@ -113,8 +126,12 @@ def oracle_model(groups: Groups, masks: Masks) -> Oracle:
         wanted = [sl for sl in plan.slicings.get(s.node, []) if sl.tensor == s.tensor]
         if s.kind == "bn":
             wanted = [sl for sl in wanted if sl.input == 1]
+        bias = _bias_add(groups, s.tensor) if s.op_type == "MatMul" else None
+        if bias is not None:
+            wanted.append(Slicing(bias[1], plan.slicings[bias[0]][0].axis, s.tensor, node=bias[0]))
         for sl in wanted:
-            key = (s.node, sl.input)
+            key = (sl.node or s.node, sl.input)
+            node = graph.nodes[key[0]]
             if key not in values:
                 values[key] = graph.array(node.input[sl.input]).copy()
             index = [slice(None)] * values[key].ndim
@@ -240,6 +257,8 @@ def zero_when_silenced(groups: Groups) -> set[str]:
     graph, plan = groups.graph, groups.plan
     zero: set[str] = set()
     sourced = {s.tensor for s in plan.sources if s.kind == "weight" and not _has_own_bn(graph, s.tensor)}
+    sourced |= {graph.nodes[b[0]].output[0] for s in plan.sources if s.op_type == "MatMul"
+                for b in [_bias_add(groups, s.tensor)] if b is not None}
     for name in graph.topological_nodes():
         node = graph.nodes[name]
         outs = [o for o in node.output if o in plan.spaces]
@@ -492,7 +511,7 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 5) -> PruneResult:
     rw.slice_constants()
     rw.run_hooks()
     done = {f.node: rw.apply_fold(f) for f in folds}
-    model = infer_shapes(rw.export(groups.graph.model), "pruned model")
+    model = rw.export(groups.graph.model)  # shapes stay to the runtime: inferring them would copy every weight
     notes = [f"group {gid}: {n} removed channels kept: their silenced value depends on the input"
              for gid, n in revived.items()]
     return PruneResult(model, groups, masks, done, revived, notes, oracle)
@@ -573,7 +592,7 @@ def save_model(model: onnx.ModelProto, path, external: bool = False) -> None:
         data = path.name + ".data"
         if external:
             onnx.save_model(model, str(tmpdir / path.name), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data, size_threshold=1024)
+                            all_tensors_to_one_file=True, location=data, size_threshold=0)
             os.replace(tmpdir / data, path.parent / data)
         else:
             onnx.save_model(model, str(tmpdir / path.name))

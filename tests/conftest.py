@@ -100,3 +100,30 @@ class Net:
 
     def model(self, *outputs: str, opset: int = 17) -> onnx.ModelProto:
         return model(self.nodes, [self.input], [tensor(o, None) for o in outputs], self.inits, opset=opset)
+
+
+def random_masks(groups, seed: int):
+    """Masks keeping a random share (10% to 90%) of every unpinned group, at least one channel."""
+    from morphonnx.masks import all_alive, legalize
+    rng = np.random.default_rng(seed)
+    masks = all_alive(groups)
+    for grp in groups.groups:
+        if not grp.pinned:
+            keep = rng.random(grp.size) < rng.uniform(0.1, 0.9)
+            keep[rng.integers(grp.size)] = True
+            masks.keep[grp.id] = keep
+    return legalize(groups, masks)
+
+
+def random_prune_ok(m, seeds=(0, 1, 2)):
+    """Prune with random masks per seed and assert DESIGN.md's contract; return the groups."""
+    import morphonnx
+    from morphonnx.groups import find_groups
+    from morphonnx.rewrite import check, prune
+    g = morphonnx.load(m)
+    gr = find_groups(g)
+    for seed in seeds:
+        result = prune(gr, random_masks(gr, seed))
+        c = check(g, result.oracle, result.model)
+        assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}"
+    return gr

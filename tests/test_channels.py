@@ -9,9 +9,8 @@ from onnx import helper
 import morphonnx
 from morphonnx.groups import find_groups
 from morphonnx.masks import all_alive, legalize
-from morphonnx.rewrite import check, prune
 
-from conftest import Net
+from conftest import Net, random_prune_ok
 
 
 def groups_of(m):
@@ -26,23 +25,6 @@ def group_of(gr, tensor: str, channel: int = 0):
 
 def sources(g) -> set[str]:
     return {s.node for s, _ in g.sources}
-
-
-def random_prune_ok(m, seeds=(0, 1, 2)):
-    g = morphonnx.load(m)
-    gr = find_groups(g)
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        masks = all_alive(gr)
-        for grp in gr.groups:
-            if not grp.pinned:
-                keep = rng.random(grp.size) < rng.uniform(0.1, 0.9)
-                keep[rng.integers(grp.size)] = True
-                masks.keep[grp.id] = keep
-        result = prune(gr, legalize(gr, masks))
-        c = check(g, result.oracle, result.model)
-        assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}"
-    return gr
 
 
 def classifier(n: Net, x: str, c: int, size: int = 8) -> str:

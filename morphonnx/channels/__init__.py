@@ -56,6 +56,7 @@ class Slicing:
     input: int
     axis: int
     tensor: str
+    node: str | None = None  # another node's constant (the bias Add of a MatMul), for the oracle
 
 
 @dataclass(frozen=True)
