@@ -5,6 +5,12 @@ Public API:
     cost_model(graph) -> CostModel
     load_profile(name_or_path) -> Profile
     analyze(model, profiles=(), batch=None, input_shapes=None) -> Analysis
+    find_groups(graph) -> Groups
+    masks_from_sources(groups, {source: [1, 0, ...]}) / masks_from_threshold(groups, t) -> Masks
+    legalize(groups, masks, multiple=1) -> Masks
+    prune(groups, masks) -> PruneResult (.model, .oracle, .folds, .notes)
+    check(graph, oracle, pruned_model) -> Check
+    save_model(model, path, external=False)
     DEFAULT_MODEL: path of the bundled small CNN
 """
 from __future__ import annotations
@@ -14,11 +20,16 @@ from pathlib import Path
 from .costs import CostModel, OpCost, cost_model
 from .errors import BadInput
 from .graph import Graph, load
+from .groups import Group, Groups, find_groups
+from .masks import Masks, legalize, masks_from_sources, masks_from_threshold, read_masks_file
 from .profiles import Profile, available_profiles, load_profile
 from .report import Analysis, analyze
+from .rewrite import Check, PruneResult, check, prune, save_model
 
 __version__ = "0.1.0"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "small_cnn.onnx"
 
-__all__ = ["Analysis", "BadInput", "CostModel", "DEFAULT_MODEL", "Graph", "OpCost", "Profile", "analyze",
-           "available_profiles", "cost_model", "load", "load_profile"]
+__all__ = ["Analysis", "BadInput", "Check", "CostModel", "DEFAULT_MODEL", "Graph", "Group", "Groups", "Masks",
+           "OpCost", "Profile", "PruneResult", "analyze", "available_profiles", "check", "cost_model", "find_groups",
+           "legalize", "load", "load_profile", "masks_from_sources", "masks_from_threshold", "prune",
+           "read_masks_file", "save_model"]
