@@ -27,6 +27,13 @@ def _add_shape_options(p: argparse.ArgumentParser) -> None:
                    help="fix the shape of a graph input (repeatable)")
 
 
+def _add_mask_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--masks", metavar="FILE", help='JSON {"masks": {SOURCE: [1, 0, ...]}} (node or weight names)')
+    p.add_argument("--threshold", type=float, metavar="T", help="keep channels whose |BN scale| > T")
+    p.add_argument("--round", type=int, default=1, metavar="N",
+                   help="keep a multiple of N channels in every group (fast kernels want 8 or 16; default 1)")
+
+
 def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
     return dict(parse_input_shape(s) for s in args.input_shape)
 
@@ -62,21 +69,41 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    """Rewrite the model with masks, fold removed channels' constants, verify against the oracle."""
-    from .masks import legalize, masks_from_sources, masks_from_threshold, read_masks_file, refuse_empty_groups
-    from .report import human
-    from .rewrite import channel_counts, check, prune, save_model, summarize, uses_external_data
+def _masks(args: argparse.Namespace, groups):
+    from .masks import (apply_silenced, legalize, masks_from_sources, masks_from_threshold, read_masks_file,
+                        read_silenced)
     if (args.masks is None) == (args.threshold is None):
-        raise BadInput("prune: give exactly one of --masks FILE and --threshold T")
-    graph, groups = _groups(args)
+        raise BadInput(f"{args.command}: give exactly one of --masks FILE and --threshold T")
     if args.masks is not None:
-        masks = masks_from_sources(groups, read_masks_file(args.masks), where=f"masks file {args.masks}")
+        where = f"masks file {args.masks}"
+        masks = masks_from_sources(groups, read_masks_file(args.masks), where=where)
+        apply_silenced(groups, masks, read_silenced(args.masks), where=where)
     else:
         masks = masks_from_threshold(groups, args.threshold)
-    masks = legalize(groups, masks, args.round)
-    refuse_empty_groups(groups, masks)
-    result = prune(groups, masks)
+    return legalize(groups, masks, args.round)
+
+
+def cmd_structure(args: argparse.Namespace) -> int:
+    """Alive channels per layer after masks and topology morphing (MorphNet's structure export)."""
+    from .rewrite import prune
+    from .structure import format_structure, structure
+    _, groups = _groups(args)
+    doc = structure(prune(groups, _masks(args, groups)))
+    doc["model"] = str(args.model)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(doc, indent=1))
+    print(format_structure(doc, top=args.top))
+    if args.json:
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Rewrite the model with masks, fold removed channels' constants, verify against the oracle."""
+    from .report import human
+    from .rewrite import channel_counts, check, prune, save_model, summarize, uses_external_data
+    graph, groups = _groups(args)
+    result = prune(groups, _masks(args, groups))
     for w in result.masks.warnings + result.notes:
         print(f"warning: {w}", file=sys.stderr)
     costs = summarize(graph, result.model)
@@ -88,6 +115,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"channels {ch[0]:>10d} -> {ch[1]:>10d}  (outputs of Conv/Gemm/MatMul)")
     if costs["folded_constant_values"]:
         print(f"bias maps {human(costs['folded_constant_values']):>9s} constant values (not counted as params)")
+    print(f"nodes    {len(graph.nodes):>10d} -> {len(result.model.graph.node):>10d}")
+    _print_topology(groups, result, args.verbose)
     kinds = {k: list(result.folds.values()).count(k) for k in sorted(set(result.folds.values()))}
     if kinds:
         print("folded constants of removed channels: " + ", ".join(f"{v} into a {k}" for k, v in kinds.items()))
@@ -102,6 +131,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
     save_model(result.model, args.output, external=uses_external_data(graph))
     print(f"wrote {args.output}")
     return 0
+
+
+def _print_topology(groups, result, verbose: bool) -> None:
+    weight = {s.node: s.weight or s.node for s in groups.plan.sources if s.kind == "weight"}
+    layers = [weight[n] for n in result.removed_layers() if n in weight]
+    if layers:
+        shown = layers if verbose else layers[:8]
+        print(f"removed {len(layers)} layers: " + ", ".join(shown) + (" ..." if len(shown) < len(layers) else ""))
+    if result.dropped:
+        print(f"removed {len(result.dropped)} concat inputs (towers, dense layers): " +
+              ", ".join(f"{t} from {n}" for n, t in result.dropped[: None if verbose else 6]) +
+              (" ..." if not verbose and len(result.dropped) > 6 else ""))
+    if result.morphed:
+        print(f"{len(result.morphed)} dead branches became constants:")
+        for line in result.morphed[: None if verbose else 6]:
+            print(f"  {line}")
+        if not verbose and len(result.morphed) > 6:
+            print(f"  ... {len(result.morphed) - 6} more (--verbose)")
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -141,13 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_ = sub.add_parser("prune", help="rewrite the model with channel masks and verify it")
     p_.add_argument("model", help="ONNX model file")
     p_.add_argument("-o", "--output", required=True, help="pruned ONNX model to write")
-    p_.add_argument("--masks", metavar="FILE", help='JSON {"masks": {SOURCE: [1, 0, ...]}} (node or weight names)')
-    p_.add_argument("--threshold", type=float, metavar="T", help="keep channels whose |BN scale| > T")
-    p_.add_argument("--round", type=int, default=1, metavar="N",
-                    help="keep a multiple of N channels in every group (fast kernels want 8 or 16; default 1)")
+    _add_mask_options(p_)
     p_.add_argument("--no-check", action="store_true", help="skip the checker and the equivalence check")
+    p_.add_argument("--verbose", action="store_true", help="list every removed layer and branch")
     _add_shape_options(p_)
     p_.set_defaults(func=cmd_prune)
+
+    st = sub.add_parser("structure", help="alive channels per layer (MorphNet's structure export)")
+    st.add_argument("model", help="ONNX model file")
+    _add_mask_options(st)
+    _add_shape_options(st)
+    st.add_argument("--top", type=int, default=30, help="how many layers to print (default 30)")
+    st.add_argument("--json", metavar="OUT", help="write the structure, kept indices and reusable masks as JSON")
+    st.set_defaults(func=cmd_structure)
 
     pr = sub.add_parser("profiles", help="list the bundled hardware profiles")
     pr.set_defaults(func=cmd_profiles)

@@ -26,6 +26,9 @@ class Masks:
     warnings: list[str] = field(default_factory=list)
     disagreements: dict[int, int] = field(default_factory=dict)  # group id → channels sources disagree on
     scores: dict[int, np.ndarray] = field(default_factory=dict)  # group id → importance (max |gamma|)
+    # source node → per output channel, the value a removed channel outputs (default 0): a BN
+    # shift carried over from a BN-kept export to the BN-folded one (see `morphonnx structure`).
+    silenced: dict[str, np.ndarray] = field(default_factory=dict)
 
     def removed(self, gid: int) -> np.ndarray:
         """Group channels that die."""
@@ -34,7 +37,7 @@ class Masks:
     def copy(self) -> "Masks":
         """An independent copy."""
         return Masks({k: v.copy() for k, v in self.keep.items()}, list(self.warnings), dict(self.disagreements),
-                     dict(self.scores))
+                     dict(self.scores), dict(self.silenced))
 
 
 def all_alive(groups: Groups) -> Masks:
@@ -43,7 +46,8 @@ def all_alive(groups: Groups) -> Masks:
 
 
 def read_masks_file(path: str | os.PathLike) -> dict[str, list]:
-    """The `masks` mapping of a masks JSON file (BadInput if unreadable or malformed)."""
+    """The `masks` mapping of a masks JSON file (BadInput if unreadable or malformed);
+    see `read_silenced` for its optional `silenced` mapping."""
     try:
         doc = json.loads(open(path, encoding="utf-8").read())
     except FileNotFoundError:
@@ -53,6 +57,30 @@ def read_masks_file(path: str | os.PathLike) -> dict[str, list]:
     if not isinstance(doc, dict) or not isinstance(doc.get("masks"), dict):
         raise BadInput(f"masks file {path}: expected an object {{\"masks\": {{SOURCE: [1, 0, ...]}}}}")
     return doc["masks"]
+
+
+def read_silenced(path: str | os.PathLike) -> dict[str, list]:
+    """The optional `silenced` mapping of a masks file: SOURCE → value of each removed channel."""
+    doc = json.loads(open(path, encoding="utf-8").read())
+    silenced = doc.get("silenced", {}) if isinstance(doc, dict) else {}
+    if not isinstance(silenced, dict):
+        raise BadInput(f"masks file {path}: 'silenced' must map sources to lists of numbers")
+    return silenced
+
+
+def apply_silenced(groups: Groups, masks: Masks, silenced: dict[str, list], where: str = "masks") -> None:
+    """Record the values removed channels output, per source (weight sources only)."""
+    lookup = groups.by_source_name()
+    for name, values in silenced.items():
+        sources = [s for s in lookup.get(name, []) if s.kind == "weight"]
+        if not sources:
+            raise BadInput(f"{where}: silenced '{name}' is not a Conv/Gemm/MatMul source")
+        for s in sources:
+            size = groups.plan.spaces[s.tensor].size
+            if not isinstance(values, list) or len(values) != size or \
+                    not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise BadInput(f"{where}: silenced '{name}' must be {size} numbers, one per output channel")
+            masks.silenced[s.node] = np.asarray(values, dtype=np.float32)
 
 
 def masks_from_sources(groups: Groups, masks: dict[str, list], where: str = "masks") -> Masks:
@@ -170,12 +198,3 @@ def _round_up(groups: Groups, masks: Masks, multiple: int) -> bool:
         keep[order[: target - n]] = True
         changed = True
     return changed
-
-
-def refuse_empty_groups(groups: Groups, masks: Masks) -> None:
-    """BadInput if a mask removes every channel of a group (topology morphing is not there yet)."""
-    for g in groups.groups:
-        if not masks.keep[g.id].any():
-            names = ", ".join(s.weight or s.node for s, _ in g.sources[:3])
-            raise BadInput(f"the masks remove all {g.size} channels of group {g.id} ({names}); "
-                           f"every group must keep at least one channel")

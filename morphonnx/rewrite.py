@@ -27,6 +27,7 @@ from .graph import Graph
 from .channels import Slicing
 from .groups import Groups
 from .masks import Masks
+from .topology import Morph, compact, morph, revive_blocked
 
 BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 FOLDED_MAP = ".folded_map"
@@ -129,6 +130,7 @@ def oracle_model(groups: Groups, masks: Masks) -> Oracle:
         bias = _bias_add(groups, s.tensor) if s.op_type == "MatMul" else None
         if bias is not None:
             wanted.append(Slicing(bias[1], plan.slicings[bias[0]][0].axis, s.tensor, node=bias[0]))
+        shift = masks.silenced.get(s.node)
         for sl in wanted:
             key = (sl.node or s.node, sl.input)
             node = graph.nodes[key[0]]
@@ -136,10 +138,19 @@ def oracle_model(groups: Groups, masks: Masks) -> Oracle:
                 values[key] = graph.array(node.input[sl.input]).copy()
             index = [slice(None)] * values[key].ndim
             index[sl.axis] = dead
-            values[key][tuple(index)] = 0
+            is_bias = sl.input == 2 or sl.node is not None
+            values[key][tuple(index)] = shift[dead] if shift is not None and is_bias else 0
+        if shift is not None and s.op_type in ("Conv", "Gemm") and not (len(node.input) > 2 and node.input[2]):
+            bias = np.zeros(plan.spaces[s.tensor].size, dtype=np.float32)
+            bias[dead] = shift[dead]
+            values[(s.node, 2)] = bias  # the silenced channel outputs its shift: give the op a bias
     nodes = {n.name: n for n in model.graph.node}
     for (node_name, i), value in values.items():
         node = nodes[node_name]
+        if i >= len(node.input) or not node.input[i]:
+            while len(node.input) <= i:
+                node.input.append("")
+            node.input[i] = f"{node_name}.oracle.bias"
         name = node.input[i]
         if len(graph.consumers.get(name, [])) > 1:  # shared: give this node its own silenced copy
             name = node.input[i] = f"{name}.oracle.{node_name}"
@@ -249,7 +260,7 @@ ZERO_PRESERVING = {"Clip", "Relu", "LeakyRelu", "PRelu", "HardSwish", "Gelu", "T
                    "Expand", "Tile", "Mul", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Add", "Sub", "Sum"}
 
 
-def zero_when_silenced(groups: Groups) -> set[str]:
+def zero_when_silenced(groups: Groups, masks: Masks) -> set[str]:
     """Tensors whose silenced channels are exactly zero in the oracle, whatever the input.
 
     A source silenced by zero rows outputs zero; zero-preserving ops keep it so. Anything else
@@ -257,7 +268,8 @@ def zero_when_silenced(groups: Groups) -> set[str]:
     """
     graph, plan = groups.graph, groups.plan
     zero: set[str] = set()
-    sourced = {s.tensor for s in plan.sources if s.kind == "weight" and not _has_own_bn(graph, s.tensor)}
+    sourced = {s.tensor for s in plan.sources if s.kind == "weight" and not _has_own_bn(graph, s.tensor)
+               and not np.any(masks.silenced.get(s.node, 0))}
     sourced |= {graph.nodes[b[0]].output[0] for s in plan.sources if s.op_type == "MatMul"
                 for b in [_bias_add(groups, s.tensor)] if b is not None}
     for name in graph.topological_nodes():
@@ -305,25 +317,28 @@ def _clip_keeps_zero(graph: Graph, node: onnx.NodeProto) -> bool:
         (b <= 0).all() if i == 0 else (b >= 0).all() for i, b in enumerate(bounds))
 
 
-def compute_folds(groups: Groups, masks: Masks, seeds: tuple[int, int] = (101, 202)
-                  ) -> tuple[list[Fold], dict[int, set[int]], Oracle | None]:
-    """Folds for every consumer of removed channels that may not be zero, group channels that
-    must be revived because their silenced value depends on the input (group id → group
-    channels), and the oracle if it had to be built."""
+def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int] = (101, 202)
+                  ) -> tuple[list[Fold], dict[int, set[int]], Oracle | None, dict[str, np.ndarray]]:
+    """Folds for every live consumer of removed channels that may not be zero, group channels
+    that must be revived because their silenced value depends on the input (group id → group
+    channels), the oracle if it had to be built, and the values of the static boundaries."""
     graph, plan = groups.graph, groups.plan
     removed = removed_by_tensor(groups, masks)
-    zero = zero_when_silenced(groups)
-    points = [(n, i, t) for n, i, t in plan.consumers if t in removed and t not in zero]
-    if not points:
-        return [], {}, None
-    tensors = sorted({t for _, _, t in points})
+    zero = zero_when_silenced(groups, masks)
+    points = [(n, i, t) for n, i, t in plan.consumers
+              if t in removed and t not in zero and n not in m.static_nodes]
+    if not points and not m.boundaries:
+        return [], {}, None, {}
+    tensors = sorted({t for _, _, t in points} | set(m.boundaries))
     oracle = oracle_model(groups, masks)
     sess = session(_with_outputs(oracle.model, tensors), optimize=False)
-    if set(tensors) <= independent_when_silenced(groups):
+    if {t for _, _, t in points} <= independent_when_silenced(groups):
         seeds = seeds[:1]  # one run says it all
     runs = [dict(zip(tensors, oracle.run(sess, random_inputs(graph, s), tensors))) for s in seeds]
     if len(runs) == 1:
         runs = runs * 2
+    values = {t: runs[0][t] for t in m.boundaries}
+    tensors = sorted({t for _, _, t in points})
     folds: list[Fold] = []
     jobs: list[tuple[str, int, np.ndarray, np.ndarray]] = []
     revive: dict[int, set[int]] = {}
@@ -354,7 +369,7 @@ def compute_folds(groups: Groups, masks: Masks, seeds: tuple[int, int] = (101, 2
         flat = np.moveaxis(y, oaxis, -1).reshape(-1, y.shape[oaxis])
         uniform = bool(np.allclose(flat, flat[:1], rtol=1e-6, atol=1e-7 * max(1e-30, float(np.max(np.abs(y))))))
         folds.append(Fold(node_name, out, y, uniform))
-    return folds, revive, oracle
+    return folds, revive, oracle, values
 
 
 # ---- the rewrite ----------------------------------------------------------------------------------
@@ -415,10 +430,11 @@ def _import_with_weights(graph: Graph) -> gs.Graph:
 
 
 class _Rewriter:
-    def __init__(self, groups: Groups, kept: dict[str, np.ndarray]):
+    def __init__(self, groups: Groups, kept: dict[str, np.ndarray], m: Morph):
         self.groups = groups
         self.plan = groups.plan
         self.kept = kept
+        self.morph = m
         self.gs_graph = _import_with_weights(groups.graph)
         self.nodes = {n.name: n for n in self.gs_graph.nodes}
 
@@ -432,6 +448,8 @@ class _Rewriter:
 
     def slice_constants(self) -> None:
         for node_name, slicings in self.plan.slicings.items():
+            if node_name in self.morph.static_nodes:
+                continue
             node = self.nodes[node_name]
             by_input: dict[int, list] = {}
             for sl in slicings:
@@ -446,7 +464,44 @@ class _Rewriter:
 
     def run_hooks(self) -> None:
         for node_name, hook in self.plan.hooks.items():
-            hook(RewriteContext(self, self.nodes[node_name]))
+            if node_name not in self.morph.static_nodes:
+                hook(RewriteContext(self, self.nodes[node_name]))
+
+    def drop_dead_inputs(self) -> None:
+        """Channel concats lose their dead inputs."""
+        for node_name, tensor in self.morph.dropped:
+            node = self.nodes[node_name]
+            node.inputs = [t for t in node.inputs if t.name != tensor]
+
+    def replace_boundaries(self, values: dict[str, np.ndarray]) -> list[str]:
+        """Live ops read the value of each static tensor instead of computing it; an Add of
+        zero disappears. Returns what was done, for the report."""
+        notes = []
+        tensors = self.gs_graph.tensors()
+        for name, value in values.items():
+            space = self.plan.spaces.get(name)
+            if space is not None and name in self.kept:
+                value = np.take(value, _expand(self.kept[name], space.block), axis=space.axis)
+            var = tensors[name]
+            for node in [n for n in list(var.outputs) if n.name not in self.morph.static_nodes]:
+                const = compact(value, node.op in ("Add", "Sub", "Mul", "Div"))
+                if node.op in ("Add", "Sub") and not np.any(const) and self._bypass(node, var):
+                    notes.append(f"'{name}' is constant zero: {node.op} '{node.name}' removed")
+                    continue
+                c = gs.Constant(f"{name}.static", np.ascontiguousarray(const))
+                node.inputs = [c if t is var else t for t in node.inputs]
+                notes.append(f"'{name}' is constant: {node.op} '{node.name}' reads its value")
+        return notes
+
+    def _bypass(self, node: gs.Node, zero: gs.Tensor) -> bool:
+        out = node.outputs[0]
+        others = [t for t in node.inputs if t is not zero]
+        if len(others) != 1 or out in self.gs_graph.outputs or (node.op == "Sub" and node.inputs[0] is zero):
+            return False
+        for user in list(out.outputs):
+            user.inputs = [others[0] if t is out else t for t in user.inputs]
+        node.outputs = []
+        return True
 
     def apply_fold(self, fold: Fold) -> str:
         node = self.nodes[fold.node]
@@ -508,6 +563,14 @@ class PruneResult:
     revived: dict[int, int] = field(default_factory=dict)  # group → channels kept since not foldable
     notes: list[str] = field(default_factory=list)
     _oracle: Oracle | None = None
+    morphed: list[str] = field(default_factory=list)        # static branches replaced by constants
+    removed_nodes: list[str] = field(default_factory=list)  # ops of the original that are gone
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (Concat, dead input) pairs
+
+    def removed_layers(self) -> list[str]:
+        """Removed ops that had weights (Conv, Gemm, MatMul, BatchNormalization)."""
+        sources = {s.node for s in self.groups.plan.sources}
+        return [n for n in self.removed_nodes if n in sources]
 
     @property
     def oracle(self) -> Oracle:
@@ -517,29 +580,40 @@ class PruneResult:
         return self._oracle
 
 
-def prune(groups: Groups, masks: Masks, max_rounds: int = 5) -> PruneResult:
-    """Rewrite the model with the masks (already legalized); fold removed channels' constants."""
+def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
+    """Rewrite the model with the masks (already legalized): cut channels, delete what only
+    computed dead ones, fold the constants removed channels leave behind."""
     masks = masks.copy()
     revived: dict[int, int] = {}
-    oracle = None
+    notes: list[str] = []
     for _ in range(max_rounds):
-        folds, revive, oracle = compute_folds(groups, masks)
+        removed = removed_by_tensor(groups, masks)
+        m = morph(groups, removed)
+        if m.blocked:
+            notes += revive_blocked(groups, masks, m)
+            continue
+        folds, revive, oracle, values = compute_folds(groups, masks, m)
         if not revive:
             break
         for gid, chans in revive.items():
             masks.keep[gid][sorted(chans)] = True
             revived[gid] = revived.get(gid, 0) + len(chans)
     else:
-        raise RuntimeError("removed channels kept depending on the input after several rounds")
-    kept = kept_by_tensor(groups, removed_by_tensor(groups, masks))
-    rw = _Rewriter(groups, kept)
+        raise RuntimeError("the masks did not settle after several rounds of keeping what cannot be removed")
+    rw = _Rewriter(groups, kept_by_tensor(groups, removed), m)
     rw.slice_constants()
     rw.run_hooks()
-    done = {f.node: rw.apply_fold(f) for f in folds}
+    rw.drop_dead_inputs()
+    morphed = rw.replace_boundaries(values)
+    done = {f.node: rw.apply_fold(f) for f in folds if f.node not in m.static_nodes}
     model = rw.export(groups.graph.model)  # shapes stay to the runtime: inferring them would copy every weight
-    notes = [f"group {gid}: {n} removed channels kept: their silenced value depends on the input"
-             for gid, n in revived.items()]
-    return PruneResult(model, groups, masks, done, revived, notes, oracle)
+    notes += [f"group {gid}: {n} removed channels kept: their silenced value depends on the input"
+              for gid, n in revived.items()]
+    result = PruneResult(model, groups, masks, done, revived, notes, oracle)
+    result.morphed = morphed
+    result.removed_nodes = [n for n in groups.graph.nodes if n not in {x.name for x in model.graph.node}]
+    result.dropped = m.dropped
+    return result
 
 
 # ---- the check ------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def test_prune_check_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch, c
     ({"masks": {"nope": [1]}}, "'nope' is not a source"),
     ({"masks": {"stem.conv": [1, 0]}}, "'stem.conv' has 2 values, but stem.conv has 16 output channels"),
     ({"masks": {"stem.conv": [1, 0.5] * 8}}, "'stem.conv' must be a list of 0/1 values"),
-    ({"masks": {"stem.conv": [0] * 16}}, "remove all 16 channels of group"),
+    ({"masks": {"stem.conv": [0] * 16}}, "the masks cut every path from the graph inputs to output 'logits'"),
     ([1], "expected an object"),
 ])
 def test_prune_bad_masks_exit_2(tmp_path, capsys, masks, message):

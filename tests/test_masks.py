@@ -9,8 +9,7 @@ import pytest
 import morphonnx
 from morphonnx import BadInput
 from morphonnx.groups import find_groups
-from morphonnx.masks import (legalize, masks_from_sources, masks_from_threshold, read_masks_file,
-                             refuse_empty_groups)
+from morphonnx.masks import legalize, masks_from_sources, masks_from_threshold, read_masks_file
 
 from conftest import Net
 
@@ -81,7 +80,15 @@ def test_threshold_uses_bn_scales(groups):
         masks_from_threshold(groups, -1)
 
 
-def test_all_zero_group_is_refused(groups):
-    m = masks_from_sources(groups, {"a.conv": [0] * 6})
-    with pytest.raises(BadInput, match="remove all 6 channels of group"):
-        refuse_empty_groups(groups, legalize(groups, m))
+def test_all_zero_group_is_a_mask_like_any_other(groups):
+    m = legalize(groups, masks_from_sources(groups, {"a.conv": [0] * 6}))
+    assert not m.keep[gid(groups, "a.relu")].any()
+
+
+def test_round_to_multiples_revives_the_largest_gammas(groups):
+    scale = np.abs(groups.graph.array("a.bn.weight"))
+    m = legalize(groups, masks_from_threshold(groups, float(np.sort(scale)[-2])), multiple=4)
+    keep = m.keep[gid(groups, "a.relu")]
+    assert keep.sum() == 4 and set(np.flatnonzero(keep)) == set(np.argsort(-scale)[:4])
+    with pytest.raises(BadInput, match="--round 0"):
+        legalize(groups, m, multiple=0)
