@@ -485,13 +485,31 @@ class _Rewriter:
             var = tensors[name]
             for node in [n for n in list(var.outputs) if n.name not in self.morph.static_nodes]:
                 const = compact(value, node.op in ("Add", "Sub", "Mul", "Div"))
+                branch = f"the branch ending in {self._last_layer(name)}"
                 if node.op in ("Add", "Sub") and not np.any(const) and self._bypass(node, var):
-                    notes.append(f"'{name}' is constant zero: {node.op} '{node.name}' removed")
+                    notes.append(f"{branch} is constant zero: {node.op} '{node.name}' removed")
                     continue
                 c = gs.Constant(f"{name}.static", np.ascontiguousarray(const))
                 node.inputs = [c if t is var else t for t in node.inputs]
-                notes.append(f"'{name}' is constant: {node.op} '{node.name}' reads its value")
+                notes.append(f"{branch} is constant: {node.op} '{node.name}' adds its value"
+                             if node.op == "Add" else f"{branch} is constant: {node.op} '{node.name}' reads its value")
         return notes
+
+    def _last_layer(self, tensor: str) -> str:
+        """The weight name of the nearest layer that computes `tensor` (for the report)."""
+        graph = self.groups.graph
+        weights = {s.node: s.weight or s.node for s in self.plan.sources if s.kind == "weight"}
+        seen, todo = set(), [tensor]
+        while todo:
+            t = todo.pop(0)
+            node = graph.producer.get(t)
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if node in weights:
+                return weights[node]
+            todo += [i for i in graph.nodes[node].input if i and not graph.is_constant(i)]
+        return f"'{tensor}'"
 
     def _bypass(self, node: gs.Node, zero: gs.Tensor) -> bool:
         out = node.outputs[0]
