@@ -59,8 +59,11 @@ def _groups(args: argparse.Namespace):
 
 def cmd_groups(args: argparse.Namespace) -> int:
     """Channel groups: which channels live or die together, what one channel costs, what is pinned."""
-    from .groups import format_groups
+    from .groups import add_latency_per_channel, format_groups
+    from .profiles import load_profile
     _, groups = _groups(args)
+    for name in args.profile:
+        add_latency_per_channel(groups, load_profile(name))
     if args.json:
         atomic_write_text(args.json, json.dumps(groups.to_dict(), indent=1))
     print(format_groups(groups, top=args.top))
@@ -151,6 +154,53 @@ def _print_topology(groups, result, verbose: bool) -> None:
             print(f"  ... {len(result.morphed) - 6} more (--verbose)")
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Per-op and per-layer latency of one or more models on several device profiles."""
+    from .compare import compare
+    if not args.profile:
+        raise BadInput("compare: give at least one --profile")
+    result = compare(args.models, args.profile, batch=args.batch, input_shapes=_shapes(args))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=1))
+    if args.plot:
+        _plot_atomically(result, args.plot)
+    print(result.format_table(top=args.top))
+    for what in (args.json, args.plot):
+        if what:
+            print(f"wrote {what}")
+    return 0
+
+
+def _plot_atomically(result, path: str) -> None:
+    import os
+    import tempfile
+    from pathlib import Path
+    target = Path(path)
+    if target.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise BadInput(f"--plot {path}: give a .png, .svg or .pdf file name")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent or ".")
+    os.close(fd)
+    try:
+        result.plot(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure this machine with onnxruntime and write a profile YAML."""
+    from .calibrate import calibrate, progress_printer
+    from .profiles import load_profile
+    profile = calibrate(quick=args.quick, progress=progress_printer())
+    atomic_write_text(args.out, profile.to_yaml())
+    checked = load_profile(args.out)
+    print(f"peak {checked.peak_gflops['fp32']:g} GFLOP/s fp32, bandwidth {checked.bandwidth_gbs:g} GB/s, "
+          f"{checked.op_overhead_us:g} us per op, {checked.run_overhead_us:g} us per run")
+    print(f"wrote {args.out} (use it with --profile {args.out})")
+    return 0
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     """List the hardware profiles that --profile accepts by name."""
     from .profiles import available_profiles, load_profile
@@ -182,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("model", help="ONNX model file")
     _add_shape_options(g)
     g.add_argument("--top", type=int, default=20, help="how many groups to print (default 20)")
+    g.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.yaml",
+                   help="add the roofline latency of one channel on this device (repeatable)")
     g.add_argument("--json", metavar="OUT", help="write every group as JSON")
     g.set_defaults(func=cmd_groups)
 
@@ -202,6 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", metavar="OUT", help="write the structure, kept indices and reusable masks as JSON")
     st.set_defaults(func=cmd_structure)
 
+    c = sub.add_parser("compare", help="latency per op and layer on several devices; speedup of a pruned model")
+    c.add_argument("models", nargs="+", help="ONNX model files; the first is the reference (the original)")
+    c.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.yaml", help="repeatable")
+    _add_shape_options(c)
+    c.add_argument("--top", type=int, default=15, help="how many ops and layers to print (default 15)")
+    c.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
+    c.add_argument("--plot", metavar="OUT.png", help="stacked latency per layer and device, widths per layer")
+    c.set_defaults(func=cmd_compare)
+
+    cal = sub.add_parser("calibrate", help="measure this machine and write a profile YAML")
+    cal.add_argument("--out", default="my-machine.yaml", help="profile to write (default my-machine.yaml)")
+    cal.add_argument("--quick", action="store_true", help="smaller, fewer measurements (seconds)")
+    cal.set_defaults(func=cmd_calibrate)
+
     pr = sub.add_parser("profiles", help="list the bundled hardware profiles")
     pr.set_defaults(func=cmd_profiles)
     return p
@@ -221,3 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `morphonnx ... | head`
+        sys.stdout = None
+        return 0

@@ -24,6 +24,7 @@ class Group:
     elements: list[list[int]] = field(default_factory=list, repr=False)  # plan element ids per group channel
     macs_per_channel: float = 0.0
     params_per_channel: float = 0.0
+    latency_per_channel: dict[str, float] = field(default_factory=dict)  # profile key → seconds
 
     def to_dict(self) -> dict:
         """The JSON form (see `morphonnx groups --json`)."""
@@ -35,7 +36,8 @@ class Group:
             "sources": [{"node": s.node, "op_type": s.op_type, "kind": s.kind, "weight": s.weight,
                          "tensor": s.tensor, "channels": flat(ch)} for s, ch in self.sources],
             "members": [{"tensor": t, "channels": flat(ch)} for t, ch in self.members.items()],
-            "cost_per_channel": {"macs": self.macs_per_channel, "params": self.params_per_channel},
+            "cost_per_channel": {"macs": self.macs_per_channel, "params": self.params_per_channel,
+                                 **({"latency_s": self.latency_per_channel} if self.latency_per_channel else {})},
         }
 
 
@@ -185,6 +187,37 @@ def _marginal_costs(graph: Graph, plan: ChannelPlan, groups: list[Group], elemen
         g.params_per_channel = params.get(g.id, 0.0)
 
 
+def add_latency_per_channel(groups: Groups, profile, costs: CostModel | None = None) -> None:
+    """Marginal roofline latency of one channel of each group on a profile.
+
+    Each op's latency is taken as proportional to the channels of every group it touches
+    (bilinear for a conv: in and out groups), so one channel of a group that is C wide in the
+    op's tensors costs latency / C, counted once per op however many tied tensors it has.
+    """
+    graph, plan = groups.graph, groups.plan
+    costs = costs or cost_model(graph)
+    per: dict[int, float] = {}
+    eg = groups.element_group
+    for c in costs.ops:
+        if not c.costed:
+            continue
+        t, bound = profile.latency(c)
+        if bound == "none":
+            continue
+        node = graph.nodes[c.name]
+        seen: set[int] = set()
+        for tensor in list(node.output) + list(node.input):
+            if tensor not in plan.spaces:
+                continue
+            size = plan.spaces[tensor].size
+            for gid in set(eg[plan.ids(tensor), 0].tolist()) - seen:
+                seen.add(gid)
+                per[gid] = per.get(gid, 0.0) + t / size * (len(groups.groups[gid].members[tensor][0])
+                                                             if groups.groups[gid].members[tensor] else 1)
+    for g in groups.groups:
+        g.latency_per_channel[profile.key] = per.get(g.id, 0.0)
+
+
 def format_groups(groups: Groups, top: int = 20) -> str:
     """A readable summary: counts, pins by reason, and the largest groups."""
     s = groups.summary()
@@ -199,11 +232,15 @@ def format_groups(groups: Groups, top: int = 20) -> str:
         lines.append("ops without a channel rule (their channels are pinned): " +
                      ", ".join(f"{k} x{v}" for k, v in s["ops_without_channel_rule"].items()))
     lines.append("")
-    lines.append(f"{'id':>4s} {'size':>5s} {'MACs/ch':>10s} {'params/ch':>10s}  sources")
+    keys = list(groups.groups[0].latency_per_channel) if groups.groups else []
+    lines.append(f"{'id':>4s} {'size':>5s} {'MACs/ch':>10s} {'params/ch':>10s} " +
+                 "".join(f"{k + ' ns/ch':>14s} " for k in keys) + " sources")
     for g in groups.groups[:top]:
         names = ", ".join(s.weight or s.node for s, _ in g.sources[:3]) + (" ..." if len(g.sources) > 3 else "")
         tag = f"  [pinned: {g.pinned}]" if g.pinned else ""
-        lines.append(f"{g.id:4d} {g.size:5d} {g.macs_per_channel:10.0f} {g.params_per_channel:10.0f}  {names}{tag}")
+        lat = "".join(f"{g.latency_per_channel[k] * 1e9:14.2f} " for k in keys)
+        lines.append(f"{g.id:4d} {g.size:5d} {g.macs_per_channel:10.0f} {g.params_per_channel:10.0f} {lat} "
+                     f"{names}{tag}")
     if len(groups.groups) > top:
         lines.append(f"... {len(groups.groups) - top} more (--json for all)")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from .errors import BadInput
 
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "int8")
 REQUIRED = ("name", "peak_gflops", "bandwidth_gbs", "sources")
-OPTIONAL = ("kind", "notes", "op_overhead_us")
+OPTIONAL = ("kind", "notes", "op_overhead_us", "run_overhead_us", "efficiency")
 DTYPE_PRECISION = {"float64": "fp64", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
                    "int8": "int8", "uint8": "int8"}
 
@@ -30,6 +30,10 @@ class Profile:
     kind: str = ""
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
+    # Fitted on measurements (`morphonnx calibrate --fit`): achieved fraction of the roofline per
+    # op type (key "*" for the rest), and a fixed cost per inference run.
+    efficiency: dict[str, float] = field(default_factory=dict)
+    run_overhead_us: float = 0.0
 
     def peak(self, dtype: str) -> tuple[float, str]:
         """(peak FLOP/s, precision used) for an op of this numpy dtype name; fp32 when absent."""
@@ -48,8 +52,26 @@ class Profile:
         memory = cost.bytes / (self.bandwidth_gbs * 1e9)
         if compute == 0 and memory == 0:
             return 0.0, "none"
+        eff = self.efficiency.get(cost.op_type, self.efficiency.get("*", 1.0))
         overhead = self.op_overhead_us * 1e-6
-        return max(compute, memory) + overhead, "compute" if compute >= memory else "memory"
+        return max(compute, memory) / eff + overhead, "compute" if compute >= memory else "memory"
+
+    def total_latency(self, costs) -> float:
+        """Seconds of one run of a model: its ops' latencies plus the per-run overhead."""
+        return sum(self.latency(c)[0] for c in costs.ops if c.costed) + self.run_overhead_us * 1e-6
+
+    def to_yaml(self) -> str:
+        """The profile as a YAML document that `load_profile` accepts."""
+        doc = {"name": self.name, "kind": self.kind or "cpu", "peak_gflops": dict(self.peak_gflops),
+               "bandwidth_gbs": self.bandwidth_gbs}
+        if self.op_overhead_us:
+            doc["op_overhead_us"] = self.op_overhead_us
+        if self.run_overhead_us:
+            doc["run_overhead_us"] = self.run_overhead_us
+        if self.efficiency:
+            doc["efficiency"] = dict(self.efficiency)
+        doc["sources"] = dict(self.sources)
+        return yaml.safe_dump(doc, sort_keys=False, width=120)
 
 
 def profile_dirs() -> list[Path]:
@@ -119,6 +141,15 @@ def validate_profile(data: object, path: Path) -> Profile:
     overhead = data.get("op_overhead_us", 0.0)
     if overhead != 0:
         overhead = _positive(overhead, path, "op_overhead_us")
+    run_overhead = data.get("run_overhead_us", 0.0)
+    if run_overhead != 0:
+        run_overhead = _positive(run_overhead, path, "run_overhead_us")
+    efficiency = data.get("efficiency") or {}
+    if not isinstance(efficiency, dict):
+        raise BadInput(f"profile {path}: field 'efficiency' must map op types to factors in (0, 10]")
+    for op, f in efficiency.items():
+        if _positive(f, path, f"efficiency.{op}") > 10:
+            raise BadInput(f"profile {path}: field 'efficiency.{op}' must be at most 10, got {f!r}")
     sources = data["sources"]
     if not isinstance(sources, dict):
         raise BadInput(f"profile {path}: field 'sources' must map each number's field to its source")
@@ -127,4 +158,5 @@ def validate_profile(data: object, path: Path) -> Profile:
             raise BadInput(f"profile {path}: field 'sources.{f}' is missing: say where the number comes from")
     return Profile(key=path.stem, name=data["name"].strip(), peak_gflops=peak, bandwidth_gbs=bandwidth,
                    op_overhead_us=float(overhead), kind=str(data.get("kind", "")),
-                   sources={str(k): str(v) for k, v in sources.items()}, path=str(path))
+                   sources={str(k): str(v) for k, v in sources.items()}, path=str(path),
+                   efficiency={str(k): float(v) for k, v in efficiency.items()}, run_overhead_us=float(run_overhead))

@@ -3,6 +3,7 @@
 
     python scripts/bench.py analyze [--zoo DIR] [--models a,b] [--repeat 3] [--sizes 100,1000,10000]
     python scripts/bench.py prune [--zoo DIR] [--models a,b] [--repeat 3] [--keep 0.7]
+    python scripts/bench.py latency [--zoo DIR] [--models resnet18,mobilenet_v2] [--variants 50]
 
 `analyze` times `morphonnx.analyze` (load, shape inference, cost model, roofline on two
 profiles, JSON document) on every zoo model, next to onnx-tool's
@@ -14,6 +15,14 @@ time per node, which stays flat when the hot path is linear.
 random `--keep` share of every group, prune with folding, atomic save) as a ratio to
 `onnx.load` + `onnx.save` of the same file, and runs the original and the pruned model in
 onnxruntime on this CPU: the latency ratio is printed beside the MACs ratio.
+
+`latency` measures the latency model's fidelity on this CPU: `--variants` random-width
+variants (random masks) of each model are measured in onnxruntime and predicted by (a) the
+bare roofline of this machine (`calibrate`), (b) the same with its measured per-op and
+per-run overheads, (c) the model fitted (`calibrate.fit`) on every other variant, evaluated
+on the variants it did not see. It prints Spearman's rank correlation, the share of variants
+within ±10% and ±20%, and the MAPE of each, then the per-op error of the fitted model on the
+largest ops of the original, measured with onnxruntime's profiler.
 
 Timings are the best of `--repeat` runs. Nothing here is asserted: read the ratios.
 """
@@ -175,6 +184,106 @@ def bench_prune(zoo: Path, names: list[str], repeat: int, keep: float, multiple:
             print(f"{name + ' (' + kind + ')':34s} {ours:8.3f} {ours / io:16.2f} {macs:10.2f} {lat:17.2f}", flush=True)
 
 
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (no ties expected in latencies)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def fidelity(predicted, measured) -> str:
+    """Spearman, share within ±10% / ±20%, MAPE."""
+    p, m = np.asarray(predicted), np.asarray(measured)
+    err = np.abs(p - m) / m
+    return (f"spearman {spearman(p, m):5.3f}  within 10% {np.mean(err <= 0.1):5.0%}  "
+            f"within 20% {np.mean(err <= 0.2):5.0%}  MAPE {np.mean(err):6.1%}")
+
+
+def variants(path: Path, n: int, tmp: Path, seed: int = 0):
+    """n random-width variants of a model: (cost model, file) pairs."""
+    from morphonnx.groups import find_groups
+    from morphonnx.masks import all_alive
+    from morphonnx.rewrite import prune, save_model
+    graph = morphonnx.load(path)
+    groups = find_groups(graph)
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        masks = all_alive(groups)
+        share = rng.uniform(0.15, 1.0)
+        for g in groups.groups:
+            if not g.pinned:
+                keep = rng.random(g.size) < share * rng.uniform(0.7, 1.0)
+                keep[rng.integers(g.size)] = True
+                masks.keep[g.id] = keep
+        from morphonnx.masks import legalize
+        result = prune(groups, legalize(groups, masks))
+        file = tmp / f"{path.stem}.v{k}.onnx"
+        save_model(result.model, file)
+        out.append((morphonnx.cost_model(morphonnx.load(file)), file))
+    return graph, out
+
+
+def per_op_profile(path: Path, feeds: dict, runs: int = 20) -> dict[str, float]:
+    """Mean seconds per node from onnxruntime's profiler (node names of the optimized graph)."""
+    import json
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.parent / "ort_profile")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        sess.run(None, feeds)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    times: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            times.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"] * 1e-6)
+    return {k: float(np.mean(v[len(v) // runs:])) for k, v in times.items()}
+
+
+def bench_latency(zoo: Path, names: list[str], n: int, tmp: Path) -> None:
+    from morphonnx.calibrate import calibrate, fit, run_time
+    from morphonnx.profiles import Profile
+    from morphonnx.rewrite import random_inputs
+    manifest = export_zoo.ensure(zoo, names)
+    base = calibrate(quick=False)
+    bare = Profile(base.key, base.name, base.peak_gflops, base.bandwidth_gbs)
+    print(f"this machine: {base.name}: {base.peak_gflops['fp32']:g} GFLOP/s, {base.bandwidth_gbs:g} GB/s, "
+          f"{base.op_overhead_us:g} us/op, {base.run_overhead_us:g} us/run")
+    all_meas, all_pred = [], {"bare": [], "overheads": [], "fitted": []}
+    for name in names:
+        path = zoo / manifest[name]["files"]["folded"]
+        graph, vs = variants(path, n, tmp)
+        feeds = random_inputs(graph, 0)
+        measured = [run_time(str(f), feeds, repeat=15, warmup=3) for _, f in vs]
+        costs = [c for c, _ in vs]
+        train, test = list(range(0, n, 2)), list(range(1, n, 2))
+        fitted_a = fit(base, [(costs[i], measured[i]) for i in train])
+        fitted_b = fit(base, [(costs[i], measured[i]) for i in test])
+        pred = {"bare": [bare.total_latency(c) for c in costs],
+                "overheads": [base.total_latency(c) for c in costs],
+                "fitted": [(fitted_b if i in train else fitted_a).total_latency(c) for i, c in enumerate(costs)]}
+        print(f"\n{name}: {n} variants, measured {min(measured) * 1e3:.2f} .. {max(measured) * 1e3:.2f} ms")
+        for k, v in pred.items():
+            print(f"  {k:10s} {fidelity(v, measured)}")
+            all_pred[k] += v
+        all_meas += measured
+        print(f"  fitted on half: efficiency {fitted_a.efficiency}, {fitted_a.op_overhead_us:g} us/op, "
+              f"{fitted_a.run_overhead_us:g} us/run")
+        prof = per_op_profile(path, feeds)
+        full = fit(base, list(zip(costs, measured)))
+        ops = {c.name: c for c in morphonnx.cost_model(graph).ops if c.costed}
+        top = sorted(((t, k) for k, t in prof.items() if k in ops), reverse=True)[:8]
+        print("  largest ops of the original (onnxruntime profiler vs fitted model):")
+        for t, k in top:
+            p = full.latency(ops[k])[0]
+            print(f"    {k[-28:]:28s} {ops[k].op_type:8s} measured {t * 1e6:8.1f} us  predicted {p * 1e6:8.1f} us  "
+                  f"error {(p - t) / t:+6.1%}")
+    print(f"\nall {len(all_meas)} variants:")
+    for k, v in all_pred.items():
+        print(f"  {k:10s} {fidelity(v, all_meas)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -189,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--repeat", type=int, default=3)
     pr.add_argument("--keep", type=float, default=0.7, help="share of each group kept (0.7: about half the MACs)")
     pr.add_argument("--round", type=int, default=16, help="keep multiples of this many channels (default 16)")
+    la = sub.add_parser("latency", help="fidelity of the latency model on this CPU")
+    la.add_argument("--zoo", type=Path, default=None)
+    la.add_argument("--models", default="resnet18,mobilenet_v2")
+    la.add_argument("--variants", type=int, default=50)
     args = p.parse_args(argv)
     names = [n for n in args.models.split(",") if n] or export_zoo.TORCH_MODELS + list(export_zoo.KERAS_MODELS)
     zoo = args.zoo or export_zoo.default_dir()
@@ -196,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "analyze":
             bench_zoo(zoo, names, args.repeat, Path(tmp))
             bench_scaling([int(s) for s in args.sizes.split(",")], args.repeat, Path(tmp))
+        elif args.what == "latency":
+            bench_latency(zoo, names, args.variants, Path(tmp))
         else:
             bench_prune(zoo, names, args.repeat, args.keep, args.round, Path(tmp))
     return 0
