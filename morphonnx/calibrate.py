@@ -22,7 +22,17 @@ from onnx import TensorProto, helper, numpy_helper
 from .costs import CostModel
 from .profiles import Profile
 
-FIT_CLASSES = {"Conv": "Conv", "ConvTranspose": "Conv", "Gemm": "Gemm", "MatMul": "Gemm"}
+# Op classes whose efficiency is fitted; others share "*".
+FIT_CLASSES = ("Conv", "Conv.unaligned", "Conv.depthwise", "Conv.depthwise.unaligned", "Gemm", "MatMul", "*")
+
+
+def channel_block() -> int:
+    """Channels per block of onnxruntime's blocked (NCHWc) CPU kernels: 16 with AVX-512, else 8."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return 16 if " avx512f" in flags else 8
 
 
 def cpu_name() -> str:
@@ -127,7 +137,7 @@ def calibrate(quick: bool = False, progress: Callable[[str], None] | None = None
     return Profile(
         key="calibrated", name=f"{cpu_name()} ({os.cpu_count()} cores, onnxruntime {ort.__version__})", kind="cpu",
         peak_gflops={"fp32": round(max(matmul, conv), 2)}, bandwidth_gbs=round(bandwidth, 2),
-        op_overhead_us=round(per_op, 3), run_overhead_us=round(per_run, 3),
+        op_overhead_us=round(per_op, 3), run_overhead_us=round(per_run, 3), channel_block=channel_block(),
         sources={"peak_gflops.fp32": f"{how}: {steps[0][0]} {matmul:.1f} GFLOP/s, {steps[1][0]} {conv:.1f} GFLOP/s",
                  "bandwidth_gbs": f"{how}: {steps[2][0]}, 12 bytes per element",
                  "op_overhead_us": f"{how}: {steps[3][0]}"})
@@ -135,19 +145,28 @@ def calibrate(quick: bool = False, progress: Callable[[str], None] | None = None
 
 # ---- fitting ---------------------------------------------------------------------------------------
 
+def fit_class(profile: Profile, cost) -> str:
+    """The fitted class of an op (the most specific of FIT_CLASSES that matches)."""
+    key = profile.op_class(cost)
+    while key and key not in FIT_CLASSES:
+        key = key.rpartition(".")[0]
+    return key or "*"
+
+
 def features(profile: Profile, costs: CostModel) -> np.ndarray:
-    """Per model: bare roofline seconds of Conv, Gemm/MatMul and other ops, op count, 1."""
-    bare = Profile(profile.key, profile.name, profile.peak_gflops, profile.bandwidth_gbs)
-    sums = {"Conv": 0.0, "Gemm": 0.0, "*": 0.0}
+    """Per model: bare roofline seconds of each fitted op class, the op count, and 1."""
+    bare = Profile(profile.key, profile.name, profile.peak_gflops, profile.bandwidth_gbs,
+                   channel_block=profile.channel_block)
+    sums = dict.fromkeys(FIT_CLASSES, 0.0)
     ops = 0
     for c in costs.ops:
         if not c.costed:
             continue
         t, bound = bare.latency(c)
         if bound != "none":
-            sums[FIT_CLASSES.get(c.op_type, "*")] += t
+            sums[fit_class(bare, c)] += t
             ops += 1
-    return np.array([sums["Conv"], sums["Gemm"], sums["*"], ops, 1.0])
+    return np.array([sums[k] for k in FIT_CLASSES] + [ops, 1.0])
 
 
 def nnls(a: np.ndarray, b: np.ndarray, sweeps: int = 500) -> np.ndarray:
@@ -172,19 +191,56 @@ def fit(profile: Profile, samples: Sequence[tuple[CostModel, float]]) -> Profile
     b = np.array([t for _, t in samples])
     # Relative errors matter: weight each sample by 1 / its latency.
     w = nnls(a / b[:, None], np.ones(len(b)))
-    eff = {"Conv": w[0], "Gemm": w[1], "*": w[2]}
-    efficiency = {k: round(float(min(10.0, 1.0 / v)), 4) for k, v in eff.items() if v > 0}
-    efficiency.update({k: 10.0 for k, v in eff.items() if v <= 0})
-    efficiency.update({op: efficiency[cls] for op, cls in FIT_CLASSES.items()})
+    used = a[:, : len(FIT_CLASSES)].any(axis=0)
+    efficiency = {k: round(float(min(10.0, 1.0 / v)), 4) if v > 0 else 10.0
+                  for k, v, u in zip(FIT_CLASSES, w, used) if u}
     sources = dict(profile.sources)
     sources["efficiency"] = f"fitted by morphonnx on {len(samples)} measured models on {datetime.date.today()}"
+    n = len(FIT_CLASSES)
     return Profile(profile.key, profile.name, dict(profile.peak_gflops), profile.bandwidth_gbs,
-                   op_overhead_us=round(float(w[3]) * 1e6, 3), kind=profile.kind, sources=sources,
-                   efficiency=efficiency, run_overhead_us=round(float(w[4]) * 1e6, 3))
+                   op_overhead_us=round(float(w[n]) * 1e6, 3), kind=profile.kind, sources=sources,
+                   efficiency=efficiency, run_overhead_us=round(float(w[n + 1]) * 1e6, 3),
+                   channel_block=profile.channel_block)
 
 
-def progress_printer(stream=sys.stderr) -> Callable[[str], None]:
-    """A progress callback writing one line per step."""
+def random_variants(model, n: int, seed: int = 0, multiple: int = 1):
+    """n random-width variants of a model (random masks, pruned without the check):
+    yields (cost model, pruned ModelProto, feeds)."""
+    from .graph import load
+    from .groups import find_groups
+    from .masks import all_alive, legalize
+    from .rewrite import prune, random_inputs
+    from .costs import cost_model
+    graph = load(model)
+    groups = find_groups(graph)
+    feeds = random_inputs(graph, 0)
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        masks = all_alive(groups)
+        share = rng.uniform(0.15, 1.0)
+        for g in groups.groups:
+            if not g.pinned:
+                keep = rng.random(g.size) < share * rng.uniform(0.7, 1.0)
+                keep[rng.integers(g.size)] = True
+                masks.keep[g.id] = keep
+        pruned = prune(groups, legalize(groups, masks, multiple)).model
+        yield cost_model(load(pruned)), pruned, feeds
+
+
+def fit_on_models(profile: Profile, models: Sequence[str], variants: int = 12,
+                  progress: Callable[[str], None] | None = None) -> Profile:
+    """Measure random-width variants of the models in onnxruntime and fit the profile to them."""
+    say = progress or (lambda msg: None)
+    samples = []
+    for m in models:
+        for k, (costs, pruned, feeds) in enumerate(random_variants(m, variants)):
+            samples.append((costs, run_time(pruned, feeds, repeat=10, warmup=2)))
+            say(f"fit: {os.path.basename(str(m))} variant {k + 1}/{variants}: {samples[-1][1] * 1e3:.2f} ms")
+    return fit(profile, samples)
+
+
+def progress_printer(stream=None) -> Callable[[str], None]:
+    """A progress callback writing one line per step (to stderr by default)."""
     def say(msg: str) -> None:
-        print(f"calibrate {msg}", file=stream, flush=True)
+        print(f"calibrate {msg}", file=stream or sys.stderr, flush=True)
     return say

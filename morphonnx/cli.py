@@ -190,13 +190,18 @@ def _plot_atomically(result, path: str) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure this machine with onnxruntime and write a profile YAML."""
-    from .calibrate import calibrate, progress_printer
+    from .calibrate import calibrate, fit_on_models, progress_printer
     from .profiles import load_profile
-    profile = calibrate(quick=args.quick, progress=progress_printer())
+    say = progress_printer()
+    profile = calibrate(quick=args.quick, progress=say)
+    if args.fit:
+        profile = fit_on_models(profile, args.fit, args.variants, progress=say)
     atomic_write_text(args.out, profile.to_yaml())
     checked = load_profile(args.out)
     print(f"peak {checked.peak_gflops['fp32']:g} GFLOP/s fp32, bandwidth {checked.bandwidth_gbs:g} GB/s, "
           f"{checked.op_overhead_us:g} us per op, {checked.run_overhead_us:g} us per run")
+    if checked.efficiency:
+        print("fitted efficiency: " + ", ".join(f"{k} {v:g}" for k, v in checked.efficiency.items()))
     print(f"wrote {args.out} (use it with --profile {args.out})")
     return 0
 
@@ -266,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="measure this machine and write a profile YAML")
     cal.add_argument("--out", default="my-machine.yaml", help="profile to write (default my-machine.yaml)")
     cal.add_argument("--quick", action="store_true", help="smaller, fewer measurements (seconds)")
+    cal.add_argument("--fit", action="append", default=[], metavar="MODEL",
+                     help="also fit per-op-class efficiency and overheads on random-width variants of this model "
+                          "(repeatable)")
+    cal.add_argument("--variants", type=int, default=12, help="variants per --fit model (default 12)")
     cal.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("profiles", help="list the bundled hardware profiles")

@@ -13,7 +13,7 @@ from .errors import BadInput
 
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "int8")
 REQUIRED = ("name", "peak_gflops", "bandwidth_gbs", "sources")
-OPTIONAL = ("kind", "notes", "op_overhead_us", "run_overhead_us", "efficiency")
+OPTIONAL = ("kind", "notes", "op_overhead_us", "run_overhead_us", "efficiency", "channel_block")
 DTYPE_PRECISION = {"float64": "fp64", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
                    "int8": "int8", "uint8": "int8"}
 
@@ -34,6 +34,25 @@ class Profile:
     # op type (key "*" for the rest), and a fixed cost per inference run.
     efficiency: dict[str, float] = field(default_factory=dict)
     run_overhead_us: float = 0.0
+    # Channel counts that are multiples of this get the runtime's fast blocked kernels (0: not modelled).
+    channel_block: int = 0
+
+    def op_class(self, cost: OpCost) -> str:
+        """The efficiency key of an op: type, structural kind, and `unaligned` when its channel
+        counts are not multiples of `channel_block` ("Conv.depthwise.unaligned")."""
+        key = cost.op_type + (f".{cost.kind}" if cost.kind else "")
+        if self.channel_block and cost.channels and any(c % self.channel_block for c in cost.channels):
+            key += ".unaligned"
+        return key
+
+    def efficiency_of(self, cost: OpCost) -> float:
+        """The fitted efficiency of an op: its class, else its less specific classes, else "*", else 1."""
+        key = self.op_class(cost)
+        while key:
+            if key in self.efficiency:
+                return self.efficiency[key]
+            key = key.rpartition(".")[0]
+        return self.efficiency.get("*", 1.0)
 
     def peak(self, dtype: str) -> tuple[float, str]:
         """(peak FLOP/s, precision used) for an op of this numpy dtype name; fp32 when absent."""
@@ -52,7 +71,7 @@ class Profile:
         memory = cost.bytes / (self.bandwidth_gbs * 1e9)
         if compute == 0 and memory == 0:
             return 0.0, "none"
-        eff = self.efficiency.get(cost.op_type, self.efficiency.get("*", 1.0))
+        eff = self.efficiency_of(cost) if self.efficiency else 1.0
         overhead = self.op_overhead_us * 1e-6
         return max(compute, memory) / eff + overhead, "compute" if compute >= memory else "memory"
 
@@ -70,6 +89,8 @@ class Profile:
             doc["run_overhead_us"] = self.run_overhead_us
         if self.efficiency:
             doc["efficiency"] = dict(self.efficiency)
+        if self.channel_block:
+            doc["channel_block"] = self.channel_block
         doc["sources"] = dict(self.sources)
         return yaml.safe_dump(doc, sort_keys=False, width=120)
 
@@ -144,6 +165,9 @@ def validate_profile(data: object, path: Path) -> Profile:
     run_overhead = data.get("run_overhead_us", 0.0)
     if run_overhead != 0:
         run_overhead = _positive(run_overhead, path, "run_overhead_us")
+    block = data.get("channel_block", 0)
+    if block != 0 and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
+        raise BadInput(f"profile {path}: field 'channel_block' must be a positive integer, got {block!r}")
     efficiency = data.get("efficiency") or {}
     if not isinstance(efficiency, dict):
         raise BadInput(f"profile {path}: field 'efficiency' must map op types to factors in (0, 10]")
@@ -159,4 +183,5 @@ def validate_profile(data: object, path: Path) -> Profile:
     return Profile(key=path.stem, name=data["name"].strip(), peak_gflops=peak, bandwidth_gbs=bandwidth,
                    op_overhead_us=float(overhead), kind=str(data.get("kind", "")),
                    sources={str(k): str(v) for k, v in sources.items()}, path=str(path),
-                   efficiency={str(k): float(v) for k, v in efficiency.items()}, run_overhead_us=float(run_overhead))
+                   efficiency={str(k): float(v) for k, v in efficiency.items()}, run_overhead_us=float(run_overhead),
+                   channel_block=int(block))

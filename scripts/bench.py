@@ -198,31 +198,6 @@ def fidelity(predicted, measured) -> str:
             f"within 20% {np.mean(err <= 0.2):5.0%}  MAPE {np.mean(err):6.1%}")
 
 
-def variants(path: Path, n: int, tmp: Path, seed: int = 0):
-    """n random-width variants of a model: (cost model, file) pairs."""
-    from morphonnx.groups import find_groups
-    from morphonnx.masks import all_alive
-    from morphonnx.rewrite import prune, save_model
-    graph = morphonnx.load(path)
-    groups = find_groups(graph)
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        masks = all_alive(groups)
-        share = rng.uniform(0.15, 1.0)
-        for g in groups.groups:
-            if not g.pinned:
-                keep = rng.random(g.size) < share * rng.uniform(0.7, 1.0)
-                keep[rng.integers(g.size)] = True
-                masks.keep[g.id] = keep
-        from morphonnx.masks import legalize
-        result = prune(groups, legalize(groups, masks))
-        file = tmp / f"{path.stem}.v{k}.onnx"
-        save_model(result.model, file)
-        out.append((morphonnx.cost_model(morphonnx.load(file)), file))
-    return graph, out
-
-
 def per_op_profile(path: Path, feeds: dict, runs: int = 20) -> dict[str, float]:
     """Mean seconds per node from onnxruntime's profiler (node names of the optimized graph)."""
     import json
@@ -241,8 +216,24 @@ def per_op_profile(path: Path, feeds: dict, runs: int = 20) -> dict[str, float]:
     return {k: float(np.mean(v[len(v) // runs:])) for k, v in times.items()}
 
 
-def bench_latency(zoo: Path, names: list[str], n: int, tmp: Path) -> None:
-    from morphonnx.calibrate import calibrate, fit, run_time
+def fused_nodes(graph, kernel: str) -> list[str]:
+    """Original nodes behind an onnxruntime kernel name: the node itself, or, for a layout-
+    transformed (`<output>_nchwc`) or fused kernel, the ops from its output back to its Conv."""
+    if kernel in graph.nodes:
+        return [kernel]
+    node = graph.producer.get(kernel.removesuffix("_nchwc"))
+    chain = []
+    while node is not None and len(chain) < 4:
+        chain.append(node)
+        if graph.nodes[node].op_type in ("Conv", "Gemm", "MatMul"):
+            return chain
+        ins = [t for t in graph.nodes[node].input if t in graph.producer]
+        node = graph.producer[ins[0]] if ins else None
+    return chain[:1]
+
+
+def bench_latency(zoo: Path, names: list[str], n: int, multiple: int, tmp: Path) -> None:
+    from morphonnx.calibrate import calibrate, fit, random_variants, run_time
     from morphonnx.profiles import Profile
     from morphonnx.rewrite import random_inputs
     manifest = export_zoo.ensure(zoo, names)
@@ -253,17 +244,18 @@ def bench_latency(zoo: Path, names: list[str], n: int, tmp: Path) -> None:
     all_meas, all_pred = [], {"bare": [], "overheads": [], "fitted": []}
     for name in names:
         path = zoo / manifest[name]["files"]["folded"]
-        graph, vs = variants(path, n, tmp)
+        graph = morphonnx.load(path)
         feeds = random_inputs(graph, 0)
-        measured = [run_time(str(f), feeds, repeat=15, warmup=3) for _, f in vs]
-        costs = [c for c, _ in vs]
+        vs = list(random_variants(path, n, multiple=multiple))
+        measured = [run_time(pruned, feeds, repeat=15, warmup=3) for _, pruned, _ in vs]
+        costs = [c for c, _, _ in vs]
         train, test = list(range(0, n, 2)), list(range(1, n, 2))
         fitted_a = fit(base, [(costs[i], measured[i]) for i in train])
         fitted_b = fit(base, [(costs[i], measured[i]) for i in test])
         pred = {"bare": [bare.total_latency(c) for c in costs],
                 "overheads": [base.total_latency(c) for c in costs],
                 "fitted": [(fitted_b if i in train else fitted_a).total_latency(c) for i, c in enumerate(costs)]}
-        print(f"\n{name}: {n} variants, measured {min(measured) * 1e3:.2f} .. {max(measured) * 1e3:.2f} ms")
+        print(f"\n{name}: {n} variants (widths rounded to {multiple}), measured {min(measured) * 1e3:.2f} .. {max(measured) * 1e3:.2f} ms")
         for k, v in pred.items():
             print(f"  {k:10s} {fidelity(v, measured)}")
             all_pred[k] += v
@@ -273,11 +265,14 @@ def bench_latency(zoo: Path, names: list[str], n: int, tmp: Path) -> None:
         prof = per_op_profile(path, feeds)
         full = fit(base, list(zip(costs, measured)))
         ops = {c.name: c for c in morphonnx.cost_model(graph).ops if c.costed}
-        top = sorted(((t, k) for k, t in prof.items() if k in ops), reverse=True)[:8]
-        print("  largest ops of the original (onnxruntime profiler vs fitted model):")
-        for t, k in top:
-            p = full.latency(ops[k])[0]
-            print(f"    {k[-28:]:28s} {ops[k].op_type:8s} measured {t * 1e6:8.1f} us  predicted {p * 1e6:8.1f} us  "
+        rows = [(t, k, fused_nodes(graph, k)) for k, t in prof.items()]
+        top = sorted((r for r in rows if r[2]), reverse=True)[:10]
+        print("  largest kernels of the original (onnxruntime profiler vs fitted model; a fused kernel is "
+              "compared with the ops it fuses):")
+        for t, k, nodes in top:
+            p = sum(full.latency(ops[n])[0] for n in nodes if n in ops)
+            what = "+".join(ops[n].op_type for n in reversed(nodes) if n in ops)
+            print(f"    {k[-26:]:26s} {what[:22]:22s} measured {t * 1e6:8.1f} us  predicted {p * 1e6:8.1f} us  "
                   f"error {(p - t) / t:+6.1%}")
     print(f"\nall {len(all_meas)} variants:")
     for k, v in all_pred.items():
@@ -302,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--zoo", type=Path, default=None)
     la.add_argument("--models", default="resnet18,mobilenet_v2")
     la.add_argument("--variants", type=int, default=50)
+    la.add_argument("--round", type=int, default=1, help="round variant widths to multiples of this (default 1)")
     args = p.parse_args(argv)
     names = [n for n in args.models.split(",") if n] or export_zoo.TORCH_MODELS + list(export_zoo.KERAS_MODELS)
     zoo = args.zoo or export_zoo.default_dir()
@@ -310,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_zoo(zoo, names, args.repeat, Path(tmp))
             bench_scaling([int(s) for s in args.sizes.split(",")], args.repeat, Path(tmp))
         elif args.what == "latency":
-            bench_latency(zoo, names, args.variants, Path(tmp))
+            bench_latency(zoo, names, args.variants, args.round, Path(tmp))
         else:
             bench_prune(zoo, names, args.repeat, args.keep, args.round, Path(tmp))
     return 0

@@ -51,6 +51,8 @@ class Work:
     read_bytes: int | None = None
     write_bytes: int | None = None
     non_params: tuple[int, ...] = ()
+    kind: str = ""  # structural variant that runtimes treat differently ("depthwise", "grouped")
+    channels: tuple[int, int] | None = None  # (in, out) channels, for kernels that want aligned counts
 
 
 @dataclass
@@ -69,6 +71,8 @@ class OpCost:
     write_bytes: int = 0
     weights: tuple[str, ...] = ()
     note: str = ""
+    kind: str = ""
+    channels: tuple[int, int] | None = None
 
     @property
     def activation_bytes(self) -> int:
@@ -158,6 +162,7 @@ def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
     ctx = OpContext(graph, node)
     work = rule(ctx)
     cost.macs, cost.flops = int(work.macs), int(work.flops)
+    cost.kind, cost.channels = work.kind, work.channels
     weights, read = [], 0
     for i, t in enumerate(node.input):
         if not t:
