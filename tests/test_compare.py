@@ -98,3 +98,17 @@ def test_group_latency_per_channel():
     assert a.latency_per_channel["v100"] == pytest.approx(expected)
     with pytest.raises(BadInput):
         load_profile("nope")
+
+
+@pytest.mark.zoo
+def test_resnet50_on_p100_and_v100(zoo, tmp_path):
+    out, manifest = zoo
+    c = compare([out / manifest["resnet50"]["files"]["folded"]], ["p100", "v100"])
+    costs = c.sides[0].costs.ops
+    convs = [x.name for x in costs if x.op_type == "Conv"]
+    others = [x.name for x in costs if x.op_type in ("Add", "Relu", "MaxPool", "Gemm")]
+    doc = check_ops_by_hand(c, convs[:3] + convs[-3:] + others[:4])
+    bounds = {o["bound"]["v100"] for o in doc["ops"]}
+    assert bounds >= {"compute", "memory"}
+    c.plot(tmp_path / "r50.png")
+    assert (tmp_path / "r50.png").stat().st_size > 50_000
