@@ -1,0 +1,149 @@
+"""The PyTorch adapter: the penalty equals MorphNet's formula computed independently, its
+gradients equal finite differences, and its masks prune the BN-folded export of the same model
+to exactly what the model computes with those channels silenced."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch extra is part of the test environment")
+torchvision = pytest.importorskip("torchvision")
+
+import morphonnx  # noqa: E402
+from morphonnx.masks import apply_silenced, legalize, masks_from_sources  # noqa: E402
+from morphonnx.rewrite import check, prune  # noqa: E402
+from morphonnx.torch import Regularizer  # noqa: E402
+
+
+def randomized(name: str, seed: int = 0, below: float = 0.3, threshold: float = 0.01):
+    """A torchvision model in float64 whose BN scales put `below` of the channels under the threshold."""
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, weights=None).double().eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                w = torch.rand(m.weight.shape, generator=gen, dtype=torch.float64) + 0.5
+                dead = torch.rand(m.weight.shape, generator=gen) < below
+                w[dead] = threshold * torch.rand(int(dead.sum()), generator=gen, dtype=torch.float64) * 0.5
+                m.weight.copy_(w)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen, dtype=torch.float64) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen, dtype=torch.float64) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen, dtype=torch.float64) + 0.5)
+    return model
+
+
+def reference_penalty(reg: Regularizer) -> float:
+    """MorphNet's FLOP regularizer, op by op from the groups (not from the compiled arrays)."""
+    groups, plan, t = reg.groups, reg.groups.plan, reg.threshold
+    slots = reg.slot_gammas()
+    first = {}
+    for i, g in enumerate(reg.program.slot_group):
+        first.setdefault(int(g), i)
+    consumed = {n: x for n, _, x in plan.consumers}
+
+    def alive_and_reg(tensor):
+        if tensor is None:
+            return 1.0, 0.0
+        alive = r = 0.0
+        for e in plan.ids(tensor).tolist():
+            gid, k = groups.element_group[e]
+            if int(gid) in first:
+                gamma = slots[first[int(gid)] + int(k)]
+                alive += gamma > t
+                r += gamma
+            else:
+                alive += 1
+        return alive, r
+
+    total = 0.0
+    for c in morphonnx.cost_model(groups.graph).ops:
+        if not c.costed or not c.flops:
+            continue
+        node = groups.graph.nodes[c.name]
+        out = node.output[0] if node.output[0] in plan.spaces else None
+        inp = consumed.get(c.name)
+        if out is None and inp is None:
+            inp = next((x for x in node.input if x in plan.spaces), None)
+        (i, ri), (o, ro) = alive_and_reg(inp), alive_and_reg(out)
+        i0 = plan.spaces[inp].size if inp else 1
+        o0 = plan.spaces[out].size if out else 1
+        if c.macs and inp and out:
+            total += c.flops / (i0 * o0) * (i * ro + o * ri)
+        elif out:
+            total += c.flops / o0 * ro
+        elif inp:
+            total += c.flops / i0 * ri
+    return total
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_penalty_equals_morphnet_formula_and_numpy(name):
+    model = randomized(name)
+    reg = Regularizer(model, (torch.randn(1, 3, 224, 224, dtype=torch.float64),), resource="flops")
+    value = float(reg.penalty())
+    alive, r = reg.program.alive_and_reg(reg.slot_gammas(), reg.threshold)
+    assert value == pytest.approx(reg.program.penalty(alive, r), rel=1e-5)
+    assert value == pytest.approx(reference_penalty(reg), rel=1e-5)
+    assert 0 < reg.cost() < morphonnx.cost_model(reg.graph).total("flops")  # 30% of the channels are below
+
+
+def test_gradients_match_finite_differences():
+    model = randomized("resnet18")
+    reg = Regularizer(model, (torch.randn(1, 3, 224, 224, dtype=torch.float64),), resource="latency",
+                      profile="v100")
+    reg.penalty().backward()
+    rng = np.random.default_rng(0)
+    for p in [model.bn1.weight, model.layer2[0].bn2.weight, model.layer4[1].bn1.weight]:
+        for i in rng.choice(p.numel(), 3, replace=False):
+            if float(p.detach().reshape(-1)[i]) < 0.1:
+                continue  # stay away from the threshold, where alive counts jump
+            eps = 1e-6
+            with torch.no_grad():
+                p.view(-1)[i] += eps
+                up = float(reg.penalty())
+                p.view(-1)[i] -= 2 * eps
+                down = float(reg.penalty())
+                p.view(-1)[i] += eps
+            assert float(p.grad.reshape(-1)[i]) == pytest.approx((up - down) / (2 * eps), rel=1e-4)
+
+
+def test_masks_prune_the_bn_folded_export(tmp_path):
+    model = randomized("resnet18").float()
+    x = torch.randn(1, 3, 224, 224)
+    reg = Regularizer(model, (x,))
+    reg.save_masks(tmp_path / "masks.json")
+    doc = json.loads((tmp_path / "masks.json").read_text())
+    assert "layer1.0.conv1.weight" in doc["masks"] and doc["silenced"]
+    torch.onnx.export(model.eval(), (x,), str(tmp_path / "folded.onnx"), dynamo=True)
+    g = morphonnx.load(tmp_path / "folded.onnx")
+    assert not any(n.op_type == "BatchNormalization" for n in g.model.graph.node)
+    gr = morphonnx.find_groups(g)
+    masks = masks_from_sources(gr, doc["masks"])
+    apply_silenced(gr, masks, doc["silenced"])
+    result = prune(gr, legalize(gr, masks))
+    assert check(g, result.oracle, result.model).ok
+    # and it computes the torch model with the dead channels' scales at 0
+    slots = reg.slot_gammas()
+    params = dict(model.named_parameters())
+    with torch.no_grad():  # a channel dies when every BN scale of its group is under the threshold
+        for name, where in reg.program.sources.items():
+            dead = torch.as_tensor((where >= 0) & (slots[np.maximum(where, 0)] <= reg.threshold))
+            params[name][dead] = 0
+        expected = model(x).numpy()
+    from morphonnx.rewrite import session
+    got = session(result.model).run(None, {g.inputs[0]: x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert morphonnx.cost_model(morphonnx.load(result.model)).total("flops") < 0.9 * morphonnx.cost_model(g).total("flops")
+
+
+def test_penalty_under_torch_compile():
+    model = torchvision.models.resnet18(weights=None)
+    reg = Regularizer(model, (torch.randn(1, 3, 64, 64),))
+    compiled = torch.compile(reg.penalty)
+    value = compiled()
+    assert float(value) == pytest.approx(float(reg.penalty()), rel=1e-6)
+    value.backward()
+    assert model.bn1.weight.grad is not None and model.bn1.weight.grad.abs().sum() > 0
