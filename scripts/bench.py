@@ -4,6 +4,7 @@
     python scripts/bench.py analyze [--zoo DIR] [--models a,b] [--repeat 3] [--sizes 100,1000,10000]
     python scripts/bench.py prune [--zoo DIR] [--models a,b] [--repeat 3] [--keep 0.7]
     python scripts/bench.py latency [--zoo DIR] [--models resnet18,mobilenet_v2] [--variants 50]
+    python scripts/bench.py penalty [--batch 16] [--steps 3]
 
 `analyze` times `morphonnx.analyze` (load, shape inference, cost model, roofline on two
 profiles, JSON document) on every zoo model, next to onnx-tool's
@@ -23,6 +24,9 @@ per-run overheads, (c) the model fitted (`calibrate.fit`) on every other variant
 on the variants it did not see. It prints Spearman's rank correlation, the share of variants
 within ±10% and ±20%, and the MAPE of each, then the per-op error of the fitted model on the
 largest ops of the original, measured with onnxruntime's profiler.
+
+`penalty` times one training step of torchvision's resnet18 (batch 16, 224x224, CPU, SGD)
+with and without the torch adapter's FLOP penalty, and prints the ratio.
 
 Timings are the best of `--repeat` runs. Nothing here is asserted: read the ratios.
 """
@@ -279,6 +283,34 @@ def bench_latency(zoo: Path, names: list[str], n: int, multiple: int, tmp: Path)
         print(f"  {k:10s} {fidelity(v, all_meas)}")
 
 
+def bench_penalty(batch: int, steps: int) -> None:
+    import torch
+    import torchvision
+    from morphonnx.torch import Regularizer
+    model = torchvision.models.resnet18(weights=None)
+    x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
+    start = time.perf_counter()
+    reg = Regularizer(model, (x[:1],))
+    print(f"resnet18: Regularizer built (export + groups + program) in {time.perf_counter() - start:.1f}s")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step(with_penalty: bool) -> None:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if with_penalty:
+            loss = loss + 1e-9 * reg.penalty()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    step(True)
+    plain = best(lambda: step(False), steps)
+    with_penalty = best(lambda: step(True), steps)
+    alone = best(lambda: reg.penalty().backward(), 20)
+    print(f"step without penalty {plain:.3f}s, with penalty {with_penalty:.3f}s: ratio {with_penalty / plain:.3f}; "
+          f"penalty forward+backward alone {alone * 1e3:.2f} ms = {alone / plain:.2%} of a step")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -298,7 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--models", default="resnet18,mobilenet_v2")
     la.add_argument("--variants", type=int, default=50)
     la.add_argument("--round", type=int, default=1, help="round variant widths to multiples of this (default 1)")
+    pe = sub.add_parser("penalty", help="training-step overhead of the torch penalty")
+    pe.add_argument("--batch", type=int, default=16)
+    pe.add_argument("--steps", type=int, default=3)
     args = p.parse_args(argv)
+    if args.what == "penalty":
+        bench_penalty(args.batch, args.steps)
+        return 0
     names = [n for n in args.models.split(",") if n] or export_zoo.TORCH_MODELS + list(export_zoo.KERAS_MODELS)
     zoo = args.zoo or export_zoo.default_dir()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,238 @@
+#!/usr/bin/env python
+"""MorphNet end to end on scikit-learn's digits, with morphonnx doing the graph work.
+
+1. Train the seed network (a small ResNet/Inception-style CNN, BN kept) on 16x16 digits.
+2. Train it again with MorphNet's FLOP penalty (morphonnx.torch.Regularizer) at several strengths.
+3. Export each penalized model to ONNX and `morphonnx prune` it with the learned masks (checked
+   against the oracle); read the learned widths.
+4. Retrain every learned structure from scratch (3 seeds), and the uniform width-multiplier
+   baseline at the same MACs (MorphNet's central comparison).
+5. Write a table (results.md, results.json) and a plot (accuracy_vs_macs.png) to --out.
+
+    python scripts/morphnet_digits.py [--out demo-out/digits] [--epochs 40] [--write-default-model]
+
+`--write-default-model` stores the trained seed (BN kept) as morphonnx/data/digits_cnn.onnx,
+the model the README's demo command analyzes, prunes and compares.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import morphonnx
+from morphonnx.torch import Regularizer, export_bn_kept
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_WIDTHS = {"stem": 32, "b1": 32, "down": 64, "t1": 32, "t2r": 32, "t2": 48}
+WEIGHT_OF = {"stem": "stem.0.weight", "b1": "b1a.0.weight", "down": "down.0.weight", "t1": "t1.0.weight",
+             "t2r": "t2r.0.weight", "t2": "t2.0.weight"}
+
+
+def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+
+
+class DigitsNet(nn.Module):
+    """stem → residual block → strided conv → two-tower Inception module → pool → linear.
+    A width of 0 removes its block or tower (topology morphing in the framework)."""
+
+    def __init__(self, w: dict[str, int]):
+        super().__init__()
+        self.w = dict(w)
+        self.stem = cbr(1, w["stem"])
+        if w["b1"]:
+            self.b1a, self.b1b = cbr(w["stem"], w["b1"]), cbr(w["b1"], w["stem"], relu=False)
+        self.down = cbr(w["stem"], w["down"], stride=2)
+        if w["t1"]:
+            self.t1 = cbr(w["down"], w["t1"], k=1)
+        if w["t2r"] and w["t2"]:
+            self.t2r, self.t2 = cbr(w["down"], w["t2r"], k=1), cbr(w["t2r"], w["t2"])
+        width = w["t1"] + (w["t2"] if w["t2r"] else 0)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if self.w["b1"]:
+            x = F.relu(x + self.b1b(self.b1a(x)))
+        x = self.down(x)
+        towers = ([self.t1(x)] if self.w["t1"] else []) + ([self.t2(self.t2r(x))] if self.w["t2r"] and self.w["t2"] else [])
+        x = torch.cat(towers, 1) if len(towers) > 1 else towers[0]
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def data(seed: int = 0):
+    """Digits upsampled to 16x16, a stratified 70/30 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=16, mode="bilinear", align_corners=False)
+    y = torch.tensor(d.target)
+    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=d.target)
+    return (x[idx_train], y[idx_train]), (x[idx_test], y[idx_test])
+
+
+def train(model: nn.Module, train_set, epochs: int, seed: int, reg: Regularizer | None = None,
+          strength: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    x, y = train_set
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y), 64):
+            b = perm[i:i + 64]
+            loss = F.cross_entropy(model(x[b]), y[b])
+            if reg is not None:
+                loss = loss + strength * reg.penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return model.eval()
+
+
+def accuracy(model: nn.Module, test_set) -> float:
+    with torch.no_grad():
+        return float((model(test_set[0]).argmax(1) == test_set[1]).float().mean())
+
+
+def macs(widths: dict[str, int]) -> int:
+    """MACs of the network with these widths, from morphonnx's cost model of its ONNX export."""
+    model = DigitsNet(widths).eval()
+    return morphonnx.cost_model(morphonnx.load(export_bn_kept(model, (torch.zeros(1, 1, 16, 16),)))).total("macs")
+
+
+def uniform(multiplier: float) -> dict[str, int]:
+    return {k: max(1, int(round(v * multiplier))) for k, v in SEED_WIDTHS.items()}
+
+
+def uniform_at(budget: int) -> tuple[dict[str, int], int]:
+    """The largest uniform width multiplier whose MACs stay within the budget."""
+    lo, hi = 0.05, 1.5
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if macs(uniform(mid)) <= budget else (lo, mid)
+    return uniform(lo), macs(uniform(lo))
+
+
+def learned_widths(reg: Regularizer) -> dict[str, int]:
+    masks = reg.alive_masks()
+    w = {k: int(sum(masks[v])) for k, v in WEIGHT_OF.items()}
+    if w["t2r"] == 0 or w["t2"] == 0:
+        w["t2r"] = w["t2"] = 0
+    return w
+
+
+def retrain(widths: dict[str, int], train_set, test_set, epochs: int, seeds=(0, 1, 2)) -> list[float]:
+    return [accuracy(train(DigitsNet(widths), train_set, epochs, seed), test_set) for seed in seeds]
+
+
+def prune_with_cli(model: nn.Module, reg: Regularizer, out: Path) -> str:
+    """Export (BN kept), save the learned masks, and run `morphonnx prune` on the export."""
+    onnx_path, masks_path = out / "penalized.onnx", out / "masks.json"
+    import onnx
+    onnx.save(export_bn_kept(model, (torch.zeros(1, 1, 16, 16),)), str(onnx_path))
+    reg.save_masks(masks_path)
+    r = subprocess.run([sys.executable, "-m", "morphonnx", "prune", str(onnx_path), "--masks", str(masks_path),
+                        "-o", str(out / "pruned.onnx")], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"morphonnx prune failed: {r.stderr.strip()}")
+    return next(line for line in r.stdout.splitlines() if line.startswith("check:"))
+
+
+def plot(rows: list[dict], seed_row: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, marker, color in (("uniform", "s--", "tab:gray"), ("morphnet", "o-", "tab:blue")):
+        pts = sorted((r["macs"], r["acc_mean"], r["acc_std"]) for r in rows if r["kind"] == kind)
+        if pts:
+            m, a, s = zip(*pts)
+            ax.errorbar([v / 1e6 for v in m], [100 * v for v in a], yerr=[100 * v for v in s], fmt=marker,
+                        color=color, capsize=3, label="uniform width multiplier" if kind == "uniform" else
+                        "MorphNet (learned structure, retrained)")
+    ax.errorbar([seed_row["macs"] / 1e6], [100 * seed_row["acc_mean"]], yerr=[100 * seed_row["acc_std"]], fmt="*",
+                color="tab:red", markersize=12, capsize=3, label="seed network")
+    ax.set_xlabel("MACs (millions, morphonnx cost model)")
+    ax.set_ylabel("test accuracy (%), mean ± std over 3 seeds")
+    ax.set_title("digits 16x16: accuracy vs MACs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=ROOT / "demo-out" / "digits")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--strengths", default="1e-8,3e-8,1e-7", help="FLOP penalty strengths")
+    p.add_argument("--threshold", type=float, default=0.01)
+    p.add_argument("--write-default-model", action="store_true")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    train_set, test_set = data()
+    seed_macs = macs(SEED_WIDTHS)
+    seed_accs = retrain(SEED_WIDTHS, train_set, test_set, args.epochs)
+    seed_row = {"kind": "seed", "widths": SEED_WIDTHS, "macs": seed_macs, "accs": seed_accs,
+                "acc_mean": float(np.mean(seed_accs)), "acc_std": float(np.std(seed_accs))}
+    print(f"seed: {seed_macs / 1e6:.3f} M MACs, accuracy {100 * np.mean(seed_accs):.2f} ± {100 * np.std(seed_accs):.2f}")
+    if args.write_default_model:
+        import onnx
+        model = train(DigitsNet(SEED_WIDTHS), train_set, args.epochs, 0)
+        target = ROOT / "morphonnx" / "data" / "digits_cnn.onnx"
+        onnx.save(export_bn_kept(model, (torch.zeros(1, 1, 16, 16),)), str(target))
+        print(f"wrote {target}")
+    rows = []
+    for strength in [float(s) for s in args.strengths.split(",")]:
+        model = DigitsNet(SEED_WIDTHS)
+        reg = Regularizer(model, (torch.zeros(1, 1, 16, 16),), resource="flops", threshold=args.threshold)
+        train(model, train_set, args.epochs, 0, reg, strength)
+        widths = learned_widths(reg)
+        with tempfile.TemporaryDirectory() as tmp:
+            checked = prune_with_cli(model, reg, Path(tmp))
+        budget = macs(widths)
+        accs = retrain(widths, train_set, test_set, args.epochs)
+        rows.append({"kind": "morphnet", "strength": strength, "widths": widths, "macs": budget, "accs": accs,
+                     "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "prune": checked})
+        uw, um = uniform_at(budget)
+        uaccs = retrain(uw, train_set, test_set, args.epochs)
+        rows.append({"kind": "uniform", "budget": budget, "widths": uw, "macs": um, "accs": uaccs,
+                     "acc_mean": float(np.mean(uaccs)), "acc_std": float(np.std(uaccs))})
+        print(f"strength {strength:g}: widths {widths}, {budget / 1e6:.3f} M MACs ({budget / seed_macs:.0%} of the "
+              f"seed), accuracy {100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}; uniform at {um / 1e6:.3f} M: "
+              f"{100 * np.mean(uaccs):.2f} ± {100 * np.std(uaccs):.2f}  [{checked}]", flush=True)
+    (args.out / "results.json").write_text(json.dumps({"seed": seed_row, "rows": rows}, indent=1))
+    lines = ["| network | widths (stem, b1, down, t1, t2r, t2) | MACs | vs seed | accuracy (3 seeds) |",
+             "|---|---|---:|---:|---:|",
+             f"| seed | {', '.join(str(v) for v in SEED_WIDTHS.values())} | {seed_macs / 1e6:.3f} M | 100% | "
+             f"{100 * seed_row['acc_mean']:.2f} ± {100 * seed_row['acc_std']:.2f} |"]
+    for r in rows:
+        name = f"MorphNet λ={r['strength']:g}" if r["kind"] == "morphnet" else "uniform multiplier"
+        lines.append(f"| {name} | {', '.join(str(v) for v in r['widths'].values())} | {r['macs'] / 1e6:.3f} M | "
+                     f"{r['macs'] / seed_macs:.0%} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} |")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    plot(rows, seed_row, args.out / "accuracy_vs_macs.png")
+    print("\n".join(lines))
+    print(f"wrote {args.out / 'results.md'}, {args.out / 'accuracy_vs_macs.png'} in {time.time() - start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
