@@ -51,7 +51,7 @@ class PenaltyProgram:
     group_size: np.ndarray        # [G] channels per group
     learnable: np.ndarray         # [G] bool: has gamma slots and is not pinned
     slot_group: np.ndarray        # [S] group of each slot (a group channel with a gamma)
-    sources: dict[str, np.ndarray]  # BN scale name → slot of each of its channels (-1: none)
+    sources: dict[str, np.ndarray]  # gamma name → slot of each of its channels (-1: none)
     in_op: np.ndarray             # triplets (op, group, count): I_k = Σ count · alive[group]
     in_group: np.ndarray
     in_count: np.ndarray
@@ -168,8 +168,12 @@ def _weight_terms(groups: Groups, cost, consumed, out) -> tuple[list[tuple], lis
 
 
 def compile_program(groups: Groups, resource: str = "flops", profile: Profile | None = None,
-                    costs: CostModel | None = None) -> PenaltyProgram:
-    """Compile the cost model of a graph into a penalty program for one resource."""
+                    costs: CostModel | None = None, gamma_of: dict[str, str] | None = None) -> PenaltyProgram:
+    """Compile the cost model of a graph into a penalty program for one resource.
+
+    Gammas are the model's BatchNormalization scales; `gamma_of` maps weight sources (node
+    names) to gamma names instead, for exports that folded BN away (tf2onnx).
+    """
     if resource not in RESOURCES:
         raise ValueError(f"resource must be one of {', '.join(RESOURCES)}, got {resource!r}")
     if resource == "latency" and profile is None:
@@ -178,8 +182,12 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
     costs = costs or cost_model(groups.graph)
     ops = [c for c in costs.ops if c.costed]
     # slots: one per group channel of every group with a BN source and no pin
-    learnable = np.array([bool(g.sources) and g.pinned is None and any(s.kind == "bn" for s, _ in g.sources)
-                          for g in groups.groups])
+    def gamma_name(s) -> str | None:
+        if gamma_of is not None:
+            return gamma_of.get(s.node) if s.kind == "weight" else None
+        return s.weight if s.kind == "bn" else None
+
+    learnable = np.array([g.pinned is None and any(gamma_name(s) for s, _ in g.sources) for g in groups.groups])
     slot_base = np.full(len(groups.groups), -1)
     slot_group = []
     for g in groups.groups:
@@ -188,13 +196,14 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
             slot_group += [g.id] * g.size
     sources = {}
     for s in plan.sources:
-        if s.kind != "bn" or not s.weight:
+        name = gamma_name(s)
+        if not name:
             continue
         slots = np.full(plan.spaces[s.tensor].size, -1)
         for c, gid, k in groups.source_channels(s):
             if learnable[gid]:
                 slots[c] = slot_base[gid] + k
-        sources[s.weight] = slots
+        sources[name] = slots
     trip = {"i": ([], [], []), "o": ([], [], [])}
     coeffs: dict[str, list[list[float]]] = {}
     names = []
