@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
+SMALL_CNN = ROOT / "morphonnx" / "data" / "small_cnn.onnx"  # hand-built: every construct, fixed names
 
 
 def _load_script(name: str):

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 import morphonnx
-from morphonnx import DEFAULT_MODEL, load_profile
+from morphonnx import load_profile
 from morphonnx.calibrate import FIT_CLASSES, features, fit, nnls
 from morphonnx.cli import main
 from morphonnx.profiles import Profile
+
+from conftest import SMALL_CNN
 
 
 def test_quick_calibration_writes_a_valid_profile(tmp_path, capsys):
@@ -18,7 +20,7 @@ def test_quick_calibration_writes_a_valid_profile(tmp_path, capsys):
     assert p.peak_gflops["fp32"] > 0 and p.bandwidth_gbs > 0 and p.op_overhead_us > 0
     assert "measured by morphonnx calibrate --quick" in p.sources["peak_gflops.fp32"]
     assert "[4/4]" in capsys.readouterr().err
-    assert main(["analyze", str(DEFAULT_MODEL), "--profile", str(out)]) == 0
+    assert main(["analyze", str(SMALL_CNN), "--profile", str(out)]) == 0
 
 
 def test_nnls_recovers_non_negative_weights():
@@ -34,8 +36,8 @@ def test_fit_recovers_a_known_machine():
     base = Profile("m", "machine", {"fp32": 300.0}, 20.0)
     truth = Profile("m", "machine", {"fp32": 300.0}, 20.0, op_overhead_us=2.0, run_overhead_us=30.0,
                     efficiency={"Conv": 0.5, "ConvTranspose": 0.5, "Gemm": 0.8, "MatMul": 0.8, "*": 0.25})
-    from conftest import random_masks
-    g = morphonnx.load(DEFAULT_MODEL)
+    from conftest import SMALL_CNN, random_masks
+    g = morphonnx.load(SMALL_CNN)
     groups = morphonnx.find_groups(g)
     variants = [morphonnx.prune(groups, random_masks(groups, seed)).model for seed in range(10)]
     samples = [(morphonnx.cost_model(morphonnx.load(m, batch=1 + seed % 3)), 0.0) for seed, m in enumerate(variants)]

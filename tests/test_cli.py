@@ -9,10 +9,10 @@ import onnx
 import pytest
 import yaml
 
-from morphonnx import DEFAULT_MODEL, available_profiles
+from morphonnx import available_profiles
 from morphonnx.cli import main
 
-from conftest import init, model, tensor
+from conftest import SMALL_CNN, init, model, tensor
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -21,7 +21,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_analyze_default_model_json(tmp_path, capsys):
     out = tmp_path / "report.json"
-    assert main(["analyze", str(DEFAULT_MODEL), "--profile", "p100", "--profile", "v100", "--json", str(out)]) == 0
+    assert main(["analyze", str(SMALL_CNN), "--profile", "p100", "--profile", "v100", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "latency on p100" in text and "top 10 ops by latency on p100" in text
     doc = json.loads(out.read_text())
@@ -36,21 +36,21 @@ def test_analyze_default_model_json(tmp_path, capsys):
 
 
 def test_per_op_prints_every_op(capsys):
-    assert main(["analyze", str(DEFAULT_MODEL), "--per-op"]) == 0
+    assert main(["analyze", str(SMALL_CNN), "--per-op"]) == 0
     text = capsys.readouterr().out
     assert "all ops:" in text and "se.gate" in text and "flatten" in text
 
 
 def test_batch_scales_costs(tmp_path):
     one, eight = tmp_path / "1.json", tmp_path / "8.json"
-    main(["analyze", str(DEFAULT_MODEL), "--json", str(one)])
-    main(["analyze", str(DEFAULT_MODEL), "--batch", "8", "--json", str(eight)])
+    main(["analyze", str(SMALL_CNN), "--json", str(one)])
+    main(["analyze", str(SMALL_CNN), "--batch", "8", "--json", str(eight)])
     a, b = json.loads(one.read_text())["totals"], json.loads(eight.read_text())["totals"]
     assert b["macs"] == 8 * a["macs"] and b["params"] == a["params"]
 
 
 def test_module_and_console_entry_point():
-    r = run("analyze", str(DEFAULT_MODEL), "--profile", "t4")
+    r = run("analyze", str(SMALL_CNN), "--profile", "t4")
     assert r.returncode == 0 and "latency on t4" in r.stdout
     assert run("profiles").stdout.count("\n") == len(available_profiles())
 
@@ -64,14 +64,14 @@ def bad_profile(tmp_path, name, **override):
 
 
 def bad_inputs(tmp_path):
-    data = DEFAULT_MODEL.read_bytes()
+    data = SMALL_CNN.read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
     (tmp_path / "text.onnx").write_text("not a model\n")
     ext = model([onnx.helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 4])], [tensor("y", [1, 4])],
                 [init("unused", (64, 64))])
     onnx.save(ext, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
     (tmp_path / "ext.onnx.data").unlink()
-    m = str(DEFAULT_MODEL)
+    m = str(SMALL_CNN)
     return {
         "missing file": (["analyze", str(tmp_path / "nope.onnx")], "nope.onnx: no such file"),
         "not onnx": (["analyze", str(tmp_path / "text.onnx")], "text.onnx: not"),
@@ -108,7 +108,7 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
 
 def test_groups_json(tmp_path, capsys):
     out = tmp_path / "groups.json"
-    assert main(["groups", str(DEFAULT_MODEL), "--json", str(out)]) == 0
+    assert main(["groups", str(SMALL_CNN), "--json", str(out)]) == 0
     assert "prunable" in capsys.readouterr().out
     doc = json.loads(out.read_text())
     g = doc["groups"][0]
@@ -119,28 +119,28 @@ def test_groups_json(tmp_path, capsys):
 
 
 def test_prune_with_masks_file_and_threshold(tmp_path, capsys):
-    before = DEFAULT_MODEL.read_bytes()
+    before = SMALL_CNN.read_bytes()
     masks = tmp_path / "masks.json"
     masks.write_text(json.dumps({"masks": {"block1.a.conv.weight": [1, 0] * 8, "tower2.reduce.conv": [0, 1] * 4}}))
     out = tmp_path / "pruned.onnx"
-    assert main(["prune", str(DEFAULT_MODEL), "-o", str(out), "--masks", str(masks)]) == 0
+    assert main(["prune", str(SMALL_CNN), "-o", str(out), "--masks", str(masks)]) == 0
     text = capsys.readouterr().out
     assert "check: onnx checker passed" in text and "MACs" in text and out.exists()
     pruned = onnx.load(str(out))
     w = {t.name: t for t in pruned.graph.initializer}
     assert list(w["block1.a.conv.weight"].dims) == [8, 16, 3, 3]  # names kept, rows cut
     assert {n.name for n in pruned.graph.node} >= {"block1.a.conv", "tower2.reduce.conv"}
-    assert main(["prune", str(DEFAULT_MODEL), "-o", str(tmp_path / "t.onnx"), "--threshold", "0.9"]) == 0
-    assert DEFAULT_MODEL.read_bytes() == before
+    assert main(["prune", str(SMALL_CNN), "-o", str(tmp_path / "t.onnx"), "--threshold", "0.9"]) == 0
+    assert SMALL_CNN.read_bytes() == before
 
 
 def test_prune_check_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch, capsys):
     import morphonnx.rewrite as rewrite
     monkeypatch.setattr(rewrite, "check", lambda *a, **k: rewrite.Check(False, 1.0, 1.0))
     out = tmp_path / "pruned.onnx"
-    assert main(["prune", str(DEFAULT_MODEL), "-o", str(out), "--threshold", "0.9"]) == 1
+    assert main(["prune", str(SMALL_CNN), "-o", str(out), "--threshold", "0.9"]) == 1
     assert not out.exists() and "fails the equivalence check" in capsys.readouterr().err
-    assert main(["prune", str(DEFAULT_MODEL), "-o", str(out), "--threshold", "0.9", "--no-check"]) == 0
+    assert main(["prune", str(SMALL_CNN), "-o", str(out), "--threshold", "0.9", "--no-check"]) == 0
     assert out.exists()
 
 
@@ -155,12 +155,12 @@ def test_prune_bad_masks_exit_2(tmp_path, capsys, masks, message):
     f = tmp_path / "m.json"
     f.write_text(json.dumps(masks))
     out = tmp_path / "pruned.onnx"
-    assert main(["prune", str(DEFAULT_MODEL), "-o", str(out), "--masks", str(f)]) == 2
+    assert main(["prune", str(SMALL_CNN), "-o", str(out), "--masks", str(f)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and not out.exists()
     assert list(tmp_path.iterdir()) == [f]
 
 
 def test_prune_needs_exactly_one_mask_source(tmp_path, capsys):
-    assert main(["prune", str(DEFAULT_MODEL), "-o", str(tmp_path / "p.onnx")]) == 2
+    assert main(["prune", str(SMALL_CNN), "-o", str(tmp_path / "p.onnx")]) == 2
     assert "exactly one of --masks FILE and --threshold T" in capsys.readouterr().err

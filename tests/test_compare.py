@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from morphonnx import BadInput, DEFAULT_MODEL, load_profile
+from morphonnx import BadInput, load_profile
 from morphonnx.cli import main
 from morphonnx.compare import compare
+
+from conftest import SMALL_CNN
 
 
 def by_hand(op, profile):
@@ -33,7 +35,7 @@ def check_ops_by_hand(comparison, names):
 
 
 def test_latency_ratios_and_labels_follow_from_the_yaml():
-    c = compare([DEFAULT_MODEL], ["p100", "v100"])
+    c = compare([SMALL_CNN], ["p100", "v100"])
     doc = check_ops_by_hand(c, ["stem.conv", "block1.add", "se.pool", "logits"])
     rows = {o["name"]: o for o in doc["ops"]}
     # a 16-channel 3x3 conv on 32x32 does 56 FLOPs per byte: above P100's ridge point (14.5), so compute-bound
@@ -46,9 +48,9 @@ def test_pruned_pair_speedup_and_plot(tmp_path, capsys):
     pruned = tmp_path / "pruned.onnx"
     masks = tmp_path / "m.json"
     masks.write_text(json.dumps({"masks": {"block1.a.conv": [1, 0] * 8}}))
-    assert main(["prune", str(DEFAULT_MODEL), "-o", str(pruned), "--masks", str(masks)]) == 0
+    assert main(["prune", str(SMALL_CNN), "-o", str(pruned), "--masks", str(masks)]) == 0
     out, plot = tmp_path / "cmp.json", tmp_path / "cmp.png"
-    assert main(["compare", str(DEFAULT_MODEL), str(pruned), "--profile", "p100", "--profile", "v100",
+    assert main(["compare", str(SMALL_CNN), str(pruned), "--profile", "p100", "--profile", "v100",
                  "--json", str(out), "--plot", str(plot)]) == 0
     text = capsys.readouterr().out
     assert "speedup of model 1: p100" in text and "warning" not in text
@@ -62,31 +64,31 @@ def test_pruned_pair_speedup_and_plot(tmp_path, capsys):
 
 
 def test_models_that_are_not_a_pair(tmp_path, capsys):
-    from conftest import Net
+    from conftest import SMALL_CNN, Net
     import onnx
     n = Net()
     other = n.model(n.cbr("x", 4, 8, name="unrelated"))
     onnx.save(other, tmp_path / "other.onnx")
-    assert main(["compare", str(DEFAULT_MODEL), str(tmp_path / "other.onnx"), "--profile", "v100"]) == 0
+    assert main(["compare", str(SMALL_CNN), str(tmp_path / "other.onnx"), "--profile", "v100"]) == 0
     text = capsys.readouterr().out
     assert "does not look like a pruned copy of the reference: 0 ops share a name" in text
 
 
 def test_bad_profiles_exit_2(tmp_path, capsys):
-    assert main(["compare", str(DEFAULT_MODEL), "--profile", "nope"]) == 2
+    assert main(["compare", str(SMALL_CNN), "--profile", "nope"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
-    assert main(["compare", str(DEFAULT_MODEL), "--profile", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["compare", str(SMALL_CNN), "--profile", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert main(["compare", str(DEFAULT_MODEL)]) == 2
+    assert main(["compare", str(SMALL_CNN)]) == 2
     assert "at least one --profile" in capsys.readouterr().err
-    assert main(["compare", str(DEFAULT_MODEL), "--profile", "v100", "--plot", str(tmp_path / "x.txt")]) == 2
+    assert main(["compare", str(SMALL_CNN), "--profile", "v100", "--plot", str(tmp_path / "x.txt")]) == 2
     assert not (tmp_path / "x.txt").exists()
 
 
 def test_group_latency_per_channel():
     import morphonnx
     from morphonnx.groups import add_latency_per_channel
-    g = morphonnx.load(DEFAULT_MODEL)
+    g = morphonnx.load(SMALL_CNN)
     gr = morphonnx.find_groups(g)
     add_latency_per_channel(gr, load_profile("v100"))
     a = next(x for x in gr.groups if any(s.node == "block1.a.conv" for s, _ in x.sources))
