@@ -147,3 +147,22 @@ def test_penalty_under_torch_compile():
     assert float(value) == pytest.approx(float(reg.penalty()), rel=1e-6)
     value.backward()
     assert model.bn1.weight.grad is not None and model.bn1.weight.grad.abs().sum() > 0
+
+
+def test_export_keeps_the_true_bn_values():
+    from morphonnx.torch import export_bn_kept
+    model = torchvision.models.resnet18(weights=None)  # fresh BNs: every scale 1, every shift 0
+    proto = export_bn_kept(model, (torch.randn(1, 3, 64, 64),))
+    inits = {t.name: onnx_to_array(t) for t in proto.graph.initializer}
+    assert np.array_equal(inits["layer1.0.bn1.weight"], np.ones(64, np.float32))
+    assert np.array_equal(inits["layer1.0.bn1.bias"], np.zeros(64, np.float32))
+    assert float(model.layer1[0].bn1.weight[0]) == 1.0
+    x = torch.randn(1, 3, 64, 64)
+    from morphonnx.rewrite import session
+    got = session(proto).run(None, {proto.graph.input[0].name: x.numpy()})[0]
+    assert np.abs(got - model.eval()(x).detach().numpy()).max() < 1e-4
+
+
+def onnx_to_array(t):
+    from onnx import numpy_helper
+    return numpy_helper.to_array(t)

@@ -35,7 +35,9 @@ def export_bn_kept(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor
     Norm parameters are set to distinct random values during the export (exporters merge equal
     initializers, and fresh BNs all have scale 1), then restored.
     """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.affine]
+    named = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.affine]
+    norms = [m for _, m in named]
     saved = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in norms]
     gen = torch.Generator().manual_seed(0)
     was_training = model.training
@@ -47,7 +49,14 @@ def export_bn_kept(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor
         model.eval()
         with contextlib.redirect_stdout(io.StringIO()):
             program = torch.onnx.export(model, tuple(example_inputs), dynamo=True, optimize=False)
-        return program.model_proto
+        proto = program.model_proto
+        inits = {t.name: t for t in proto.graph.initializer}
+        for (name, _), (w, b) in zip(named, saved):  # the true values, now that names are unique
+            for suffix, value in (("weight", w), ("bias", b)):
+                key = f"{name}.{suffix}" if name else suffix
+                if key in inits:
+                    inits[key].CopyFrom(onnx.numpy_helper.from_array(value.cpu().numpy(), key))
+        return proto
     finally:
         with torch.no_grad():
             for m, (w, b) in zip(norms, saved):
