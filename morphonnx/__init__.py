@@ -11,7 +11,7 @@ Public API:
     prune(groups, masks) -> PruneResult (.model, .oracle, .folds, .notes)
     check(graph, oracle, pruned_model) -> Check
     save_model(model, path, external=False)
-    DEFAULT_MODEL: path of the bundled small CNN
+    DEFAULT_MODEL: the bundled default model, a CNN trained on digits (BN kept; scripts/morphnet_digits.py)
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .report import Analysis, analyze
 from .rewrite import Check, PruneResult, check, prune, save_model
 
 __version__ = "0.1.0"
-DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "small_cnn.onnx"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "digits_cnn.onnx"
 
 __all__ = ["Analysis", "BadInput", "Check", "CostModel", "DEFAULT_MODEL", "Graph", "Group", "Groups", "Masks",
            "OpCost", "Profile", "PruneResult", "analyze", "available_profiles", "check", "cost_model", "find_groups",

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import numpy as np
+import onnx
 from typing import Sequence
 
 from . import __version__
@@ -206,6 +209,60 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expand(args: argparse.Namespace) -> int:
+    """Grow the (shrunk) structure by one width multiplier until the budget is reached."""
+    from .expand import alive_widths, carry_widths, parse_budget, search, source_widths
+    from .graph import load
+    from .groups import find_groups
+    from .penalty import compile_program
+    from .profiles import load_profile
+    from .report import human
+    from .rewrite import grow, prune, save_model
+    if args.structure is not None:
+        if args.masks is not None:
+            raise BadInput("expand: give one of --masks, --structure and --threshold")
+        args.masks = args.structure
+    graph, groups = _groups(args)
+    masks = _masks(args, groups)
+    profile = load_profile(args.profile) if args.profile else None
+    if args.resource == "latency" and profile is None:
+        raise BadInput("expand: --resource latency needs --profile")
+    program = compile_program(groups, args.resource, profile)
+    original = program.cost(program.full_alive())
+    budget = parse_budget(args.budget, original)
+    result = prune(groups, masks)  # dead layers and pinned groups as the rewrite sees them
+    base = alive_widths(groups, result.masks)
+    e = search(program, groups, base, budget, args.round_to)
+    unit = {"flops": "FLOPs", "macs": "MACs", "size": "params", "latency": "s"}[args.resource]
+    fmt = (lambda v: f"{v * 1e3:.3f} ms") if args.resource == "latency" else (lambda v: f"{human(v)} {unit}")
+    print(f"original {fmt(original)}; shrunk {fmt(program.cost(base.astype(float)))}; budget {fmt(budget)}")
+    print(f"width multiplier {e.multiplier:.4f}: {fmt(e.cost)} ({100 * e.cost / budget:.2f}% of the budget)")
+    widths = source_widths(groups, e.widths)
+    before = source_widths(groups, np.array([g.size for g in groups.groups]))
+    shrunk = source_widths(groups, base)
+    doc = {"resource": args.resource, "multiplier": e.multiplier, "budget": budget, "cost": e.cost,
+           "original_cost": original, "widths": widths,
+           "sources": [{"node": s.node, "weight": s.weight, "original": before[s.node], "shrunk": shrunk[s.node],
+                        "expanded": widths[s.node]} for s in groups.plan.sources if s.kind == "weight"],
+           "groups": [{"id": g.id, "original": g.size, "shrunk": int(base[g.id]), "expanded": int(e.widths[g.id]),
+                       "pinned": g.pinned} for g in groups.groups]}
+    rows = sorted(doc["sources"], key=lambda r: -r["original"])[: args.top]
+    print(f"\n{'layer':44s} {'original':>8s} {'shrunk':>7s} {'expanded':>8s}")
+    for r in rows:
+        print(f"{(r['weight'] or r['node'])[-44:]:44s} {r['original']:8d} {r['shrunk']:7d} {r['expanded']:8d}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(doc, indent=1))
+        print(f"wrote {args.json}")
+    if args.output:
+        pruned_groups = find_groups(load(result.model))
+        target = carry_widths(groups, pruned_groups, e.widths)
+        model = grow(pruned_groups, target)
+        onnx.checker.check_model(model, full_check=True)
+        save_model(model, args.output)
+        print(f"wrote {args.output} (kept channels carry their weights, new ones are freshly initialized)")
+    return 0
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     """List the hardware profiles that --profile accepts by name."""
     from .profiles import available_profiles, load_profile
@@ -276,6 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "(repeatable)")
     cal.add_argument("--variants", type=int, default=12, help="variants per --fit model (default 12)")
     cal.set_defaults(func=cmd_calibrate)
+
+    ex = sub.add_parser("expand", help="grow the structure by one width multiplier up to a budget")
+    ex.add_argument("model", help="ONNX model file")
+    _add_mask_options(ex)
+    ex.add_argument("--structure", metavar="FILE", help="a structure (or masks) JSON from `morphonnx structure`")
+    ex.add_argument("--budget", required=True, help="'original', a percentage (80%%) or an absolute number")
+    ex.add_argument("--resource", choices=("macs", "flops", "size", "latency"), default="macs")
+    ex.add_argument("--profile", metavar="NAME|FILE.yaml", help="device for --resource latency")
+    ex.add_argument("--round-to", type=int, default=1, metavar="N", help="widths in multiples of N (default 1)")
+    _add_shape_options(ex)
+    ex.add_argument("--top", type=int, default=20, help="how many layers to print (default 20)")
+    ex.add_argument("--json", metavar="OUT", help="write the expanded structure as JSON")
+    ex.add_argument("-o", "--output", metavar="OUT.onnx", help="also write the expanded ONNX model")
+    ex.set_defaults(func=cmd_expand)
 
     pr = sub.add_parser("profiles", help="list the bundled hardware profiles")
     pr.set_defaults(func=cmd_profiles)

@@ -22,7 +22,7 @@ from .costs import CostModel, cost_model
 from .groups import Groups
 from .profiles import Profile
 
-RESOURCES = ("flops", "size", "latency")
+RESOURCES = ("flops", "macs", "size", "latency")
 
 
 @dataclass
@@ -219,6 +219,7 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
         act = np.add(_split(c.read_bytes, consumed, out, groups, "i" if consumed else "o"),
                      _split(c.write_bytes, consumed, out, groups, "o"))
         coeffs.setdefault("flops", []).append(list(flops))
+        coeffs.setdefault("macs", []).append(list(_split(c.macs, consumed, out, groups, "io")))
         coeffs.setdefault("size", []).append(list(np.sum(params, axis=0)) if params else [0.0] * 4)
         coeffs.setdefault("bytes", []).append(list(act + (np.sum(nbytes, axis=0) if nbytes else 0.0)))
         names.append(c.name)

@@ -35,8 +35,29 @@ FOLDED_MAP = ".folded_map"
 
 # ---- models with all their weights ----------------------------------------------------------------
 
+def _take_or_init(value: np.ndarray, idx: np.ndarray, axis: int, rng: np.random.Generator) -> np.ndarray:
+    """Entries `idx` of `value` along `axis`; -1 marks a new channel: a weight gets fresh
+    normal values at the weight's scale, a per-channel constant the mean of its entries."""
+    out = np.take(value, np.maximum(idx, 0), axis=axis)
+    new = idx < 0
+    if not new.any():
+        return out
+    index = [slice(None)] * out.ndim
+    index[axis] = new
+    if value.size // max(1, value.shape[axis]) > 1 and value.ndim >= 2 and value.shape[axis] > 1:
+        std = float(value.std()) or 1.0
+        out[tuple(index)] = rng.normal(0, std, out[tuple(index)].shape)
+    else:
+        out[tuple(index)] = float(value.mean()) if value.size else 0.0
+    return out
+
+
 def _expand(channels: np.ndarray, block: int) -> np.ndarray:
-    return (channels[:, None] * block + np.arange(block)).ravel() if block > 1 else channels
+    """Channel indices to entry indices of a blocked axis (-1, a new channel, stays -1)."""
+    if block == 1:
+        return channels
+    entries = channels[:, None] * block + np.arange(block)
+    return np.where(channels[:, None] < 0, -1, entries).ravel()
 
 
 # ---- which channels die ---------------------------------------------------------------------------
@@ -435,6 +456,7 @@ class _Rewriter:
         self.plan = groups.plan
         self.kept = kept
         self.morph = m
+        self.rng = np.random.default_rng(0)
         self.gs_graph = _import_with_weights(groups.graph)
         self.nodes = {n.name: n for n in self.gs_graph.nodes}
 
@@ -459,7 +481,7 @@ class _Rewriter:
                 value = np.asarray(node.inputs[i].values)
                 for sl in sls:
                     idx = _expand(self.kept[sl.tensor], self.plan.spaces[sl.tensor].block)
-                    value = np.take(value, idx, axis=sl.axis)
+                    value = _take_or_init(value, idx, sl.axis, self.rng)
                 self.set_const(node, i, value)
 
     def run_hooks(self) -> None:
@@ -721,3 +743,39 @@ def save_model(model: onnx.ModelProto, path, external: bool = False) -> None:
 def uses_external_data(graph: Graph) -> bool:
     """True if any initializer of the loaded model lives in an external file."""
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializers.values())
+
+
+def grow(groups: Groups, widths: np.ndarray) -> onnx.ModelProto:
+    """The model with every group at `widths` channels: existing channels keep their weights
+    (the first ones, when a group narrows), new ones are freshly initialized (MorphNet retrains
+    the expanded network from scratch; this model is for timing and inspection)."""
+    from .errors import BadInput
+    hooks = [getattr(h, "__qualname__", "") for h in groups.plan.hooks.values()]
+    if any(h.startswith(("_slice_bounds", "_grouped_columns")) for h in hooks):
+        raise BadInput("expand -o: grouped convolutions and Slices of channels cannot be grown yet "
+                       "(the expanded structure can still be written with --json)")
+    kept = {t: idx for t in groups.plan.spaces
+            for idx in [_grown_index(groups, t, widths)] if idx is not None}
+    rw = _Rewriter(groups, kept, Morph())
+    rw.slice_constants()
+    rw.run_hooks()
+    return rw.export(groups.graph.model)
+
+
+def _grown_index(groups: Groups, tensor: str, widths: np.ndarray) -> np.ndarray | None:
+    """Old channel (or -1 for a new one) at each channel of the grown tensor, None if unchanged.
+
+    The tensor's channels are walked in order, one run per group (a concat holds several):
+    each run keeps its first channels and ends with the new ones.
+    """
+    eg = groups.element_group[groups.plan.ids(tensor)]
+    out, c, size_changed = [], 0, False
+    while c < len(eg):
+        gid, start = int(eg[c, 0]), c
+        while c < len(eg) and eg[c, 0] == gid:
+            c += 1
+        n, size = int(widths[gid]), groups.groups[gid].size
+        m = max(1, (c - start) // size)
+        out += [ch for ch in range(start, c) if eg[ch, 1] < n] + [-1] * (max(0, n - size) * m)
+        size_changed |= n != size
+    return np.array(out, dtype=np.int64) if size_changed else None

@@ -164,3 +164,14 @@ def test_prune_bad_masks_exit_2(tmp_path, capsys, masks, message):
 def test_prune_needs_exactly_one_mask_source(tmp_path, capsys):
     assert main(["prune", str(SMALL_CNN), "-o", str(tmp_path / "p.onnx")]) == 2
     assert "exactly one of --masks FILE and --threshold T" in capsys.readouterr().err
+
+
+def test_the_demo_flow_on_the_default_model(tmp_path, capsys):
+    from morphonnx import DEFAULT_MODEL
+    assert DEFAULT_MODEL.exists()
+    pruned = tmp_path / "pruned.onnx"
+    assert main(["analyze", str(DEFAULT_MODEL), "--profile", "v100"]) == 0
+    assert main(["prune", str(DEFAULT_MODEL), "--threshold", "0.8", "-o", str(pruned)]) == 0
+    assert main(["compare", str(DEFAULT_MODEL), str(pruned), "--profile", "v100"]) == 0
+    out = capsys.readouterr().out
+    assert "check: onnx checker passed" in out and "speedup of model 1: v100" in out

@@ -1,0 +1,111 @@
+"""The expand phase: one width multiplier for every free group, as large as the budget allows.
+
+MorphNet alternates shrinking (penalty, then prune) with expanding: all widths of the shrunk
+structure are multiplied by one factor w, the largest with cost(round(w · widths)) ≤ budget,
+so that channels move from layers where they were wasted to layers where they help. Widths
+are rounded per group (every member of a group gets the same width), optionally to a
+multiple of N, and to a multiple of the group count of any grouped convolution the group
+feeds; pinned groups keep their widths; dead groups stay dead.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BadInput
+from .groups import Groups
+from .masks import Masks
+from .penalty import PenaltyProgram
+
+
+@dataclass
+class Expansion:
+    """The multiplier found, the widths per group, and the cost they reach."""
+
+    multiplier: float
+    widths: np.ndarray
+    cost: float
+    budget: float
+    original_cost: float
+
+
+def parse_budget(spec: str, original_cost: float) -> float:
+    """'original' (match the original model), '80%' (of the original), or an absolute number."""
+    text = str(spec).strip().lower()
+    try:
+        if text in ("original", "match", "match-original"):
+            value = original_cost
+        elif text.endswith("%"):
+            value = float(text[:-1]) / 100 * original_cost
+        else:
+            value = float(text)
+    except ValueError:
+        raise BadInput(f"--budget {spec}: expected 'original', a percentage like 80%, or a number") from None
+    if not value > 0 or not math.isfinite(value):
+        raise BadInput(f"--budget {spec}: must be positive")
+    return value
+
+
+def group_steps(groups: Groups, multiple: int = 1) -> np.ndarray:
+    """Per group, the step its width must be a multiple of (grouped convs need equal groups)."""
+    step = np.full(len(groups.groups), max(1, multiple), dtype=np.int64)
+    for tensor, n in groups.plan.block_constraints:
+        for gid in set(groups.element_group[groups.plan.ids(tensor), 0].tolist()):
+            step[gid] = math.lcm(int(step[gid]), int(n))
+    return step
+
+
+def scaled(base: np.ndarray, free: np.ndarray, step: np.ndarray, w: float) -> np.ndarray:
+    """round(w · base) per free group to its step (at least one step); other groups unchanged."""
+    grown = np.maximum(step, np.round(w * base / step) * step)
+    return np.where(free & (base > 0), grown, base).astype(np.int64)
+
+
+def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float, multiple: int = 1) -> Expansion:
+    """The largest w with cost(scaled widths) ≤ budget; BadInput if even the smallest widths exceed it."""
+    free = np.array([g.pinned is None for g in groups.groups])
+    step = group_steps(groups, multiple)
+    cost = lambda w: program.cost(scaled(base, free, step, w).astype(float))
+    original = program.cost(program.full_alive())
+    lo, hi = 0.0, 1.0
+    if cost(lo) > budget:
+        raise BadInput(f"the budget {budget:.4g} is below the cost of the smallest widths ({cost(lo):.4g})")
+    while cost(hi) <= budget:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            break
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
+    widths = scaled(base, free, step, lo)
+    return Expansion(lo, widths, program.cost(widths.astype(float)), budget, original)
+
+
+def alive_widths(groups: Groups, masks: Masks) -> np.ndarray:
+    """Alive channels per group under the masks."""
+    return np.array([int(masks.keep[g.id].sum()) for g in groups.groups], dtype=np.int64)
+
+
+def source_widths(groups: Groups, widths: np.ndarray) -> dict[str, int]:
+    """Output channels of every Conv/Gemm/MatMul source at these group widths."""
+    out = {}
+    for s in groups.plan.sources:
+        if s.kind != "weight":
+            continue
+        ids = groups.plan.ids(s.tensor)
+        gids, counts = np.unique(groups.element_group[ids, 0], return_counts=True)
+        out[s.node] = int(sum(widths[g] * (c // groups.groups[g].size) for g, c in zip(gids, counts)))
+    return out
+
+
+def carry_widths(original: Groups, pruned: Groups, widths: np.ndarray) -> np.ndarray:
+    """Widths for the groups of the pruned model: each takes the width of the original group
+    of its member tensors (the rewrite keeps tensor names)."""
+    out = np.array([g.size for g in pruned.groups], dtype=np.int64)
+    for g in pruned.groups:
+        tensor = next((t for t in g.members if t in original.plan.spaces), None)
+        if tensor is not None:
+            out[g.id] = int(widths[original.element_group[original.plan.ids(tensor, [0])[0], 0]])
+    return out
