@@ -1,4 +1,4 @@
 """`morphonnx.torch`: the PyTorch adapter (see morphonnx.adapters.torch)."""
-from .adapters.torch import Regularizer, export_bn_kept
+from .adapters.torch import Regularizer, apply_structure, export_bn_kept
 
-__all__ = ["Regularizer", "export_bn_kept"]
+__all__ = ["Regularizer", "apply_structure", "export_bn_kept"]

@@ -166,3 +166,67 @@ def test_export_keeps_the_true_bn_values():
 def onnx_to_array(t):
     from onnx import numpy_helper
     return numpy_helper.to_array(t)
+
+
+def test_apply_structure_shrink_equals_the_pruned_folded_export(tmp_path):
+    """The resized torch model, exported BN-folded, computes what `prune` makes of the
+    original's BN-folded export with the same masks."""
+    from morphonnx.torch import apply_structure
+    model = randomized("resnet18", below=0.0).float().eval()
+    x = torch.randn(1, 3, 64, 64)
+    folded = tmp_path / "folded.onnx"
+    torch.onnx.export(model, (x,), str(folded), dynamo=True)
+    g = morphonnx.load(folded)
+    gr = morphonnx.find_groups(g)
+    rng = np.random.default_rng(0)
+    masks = {}
+    for s in gr.plan.sources:
+        if s.kind == "weight" and s.weight:
+            keep = (rng.random(gr.plan.spaces[s.tensor].size) < 0.6).astype(int)
+            keep[0] = 1
+            masks[s.weight] = keep.tolist()
+    small = apply_structure(model, (x,), masks=masks)
+    assert small.layer1[0].conv1.out_channels < 64 and small.fc.out_features == 1000
+    pruned = prune(gr, legalize(gr, masks_from_sources(gr, masks))).model
+    from morphonnx.rewrite import session
+    want = session(pruned).run(None, {g.inputs[0]: x.numpy()})[0]
+    with torch.no_grad():
+        got = small(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_apply_structure_expand_has_the_predicted_macs():
+    from morphonnx.expand import alive_widths, search, source_widths
+    from morphonnx.masks import all_alive
+    from morphonnx.penalty import compile_program
+    from morphonnx.torch import apply_structure, export_bn_kept
+    model = torchvision.models.mobilenet_v2(weights=None)
+    x = torch.randn(1, 3, 64, 64)
+    g = morphonnx.load(export_bn_kept(model, (x,)))
+    gr = morphonnx.find_groups(g)
+    program = compile_program(gr, "macs")
+    e = search(program, gr, alive_widths(gr, all_alive(gr)), 1.4 * program.cost(program.full_alive()), 8)
+    widths = {s.weight: n for s in gr.plan.sources if s.kind == "weight" and s.weight
+              for n in [source_widths(gr, e.widths)[s.node]]}
+    big = apply_structure(model, (x,), widths=widths)
+    macs = morphonnx.cost_model(morphonnx.load(export_bn_kept(big, (x,)))).total("macs")
+    assert macs == e.cost
+
+
+def test_apply_structure_names_the_module_with_a_hard_coded_width():
+    from morphonnx.torch import apply_structure
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.head = torch.nn.Linear(8 * 4 * 4, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.bn(self.conv(x)))
+            return self.head(x.view(-1, 8 * 16))  # the width 8 is written in the code
+
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="fails in module 'head'"):
+        apply_structure(Fixed(), (x,), masks={"conv.weight": [1, 0] * 4})

@@ -187,3 +187,145 @@ class Regularizer:
         """Alive output channels per Conv/Gemm/MatMul node (MorphNet's structure format)."""
         names = {s.weight or s.node: s.node for s in self.groups.plan.sources if s.kind == "weight"}
         return {names[k]: int(sum(v)) for k, v in self.alive_masks().items()}
+
+
+def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
+                    masks: dict[str, list[int]] | None = None, widths: dict[str, int] | None = None,
+                    seed: int = 0) -> torch.nn.Module:
+    """A copy of the model with a learned or expanded structure, to retrain in PyTorch.
+
+    `masks` ({weight name: [0/1 per output channel]}, as `Regularizer.save_masks` writes) keeps
+    the alive channels of every group (a shrink: kept weights are sliced); `widths` ({weight
+    name: output channels}, as `morphonnx expand --json` writes) sets the width of each group
+    (an expand: kept channels first, new ones freshly initialized). Conv, Linear and BN modules
+    are resized consistently with the channel groups of the model's ONNX export. A width that
+    the model's code hard-codes (a `view` with a literal) makes the check forward pass fail
+    with the name of the module where it broke.
+    """
+    import copy
+
+    from ..masks import legalize, masks_from_sources
+    from ..rewrite import _expand, _take_or_init
+    if (masks is None) == (widths is None):
+        raise ValueError("apply_structure: give exactly one of masks and widths")
+    graph = load(export_bn_kept(model, example_inputs))
+    groups = find_groups(graph)
+    if masks is not None:
+        m = legalize(groups, masks_from_sources(groups, masks))
+        order = {g.id: np.flatnonzero(m.keep[g.id]) for g in groups.groups}
+    else:
+        order = _orders_from_widths(groups, widths)
+    for g in groups.groups:
+        if len(order[g.id]) == 0:
+            names = ", ".join(s.weight or s.node for s, _ in g.sources[:3])
+            raise ValueError(f"apply_structure: group {g.id} ({names}) would have no channel left; "
+                             f"a layer that vanishes has to be removed in the model's code")
+    new = copy.deepcopy(model)
+    state = dict(new.named_parameters()) | dict(new.named_buffers())
+    rng = np.random.default_rng(seed)
+    index = {t: _tensor_order(groups, t, order) for t in groups.plan.spaces}
+    changed: dict[str, np.ndarray] = {}
+    for node_name, slicings in groups.plan.slicings.items():
+        node = graph.nodes[node_name]
+        for sl in slicings:
+            name = node.input[sl.input] if sl.input < len(node.input) else ""
+            if not name or index.get(sl.tensor) is None:
+                continue
+            if name in graph.origins:
+                raise ValueError(f"apply_structure: '{graph.origins[name]}' reaches ONNX re-laid out; "
+                                 f"not supported yet")
+            if name not in state:
+                continue  # a constant of the exported graph, not a parameter of the model
+            value = changed.get(name, state[name].detach().cpu().numpy())
+            idx = _expand(index[sl.tensor], groups.plan.spaces[sl.tensor].block)
+            changed[name] = _take_or_init(value, idx, sl.axis, rng)
+    for name, value in changed.items():
+        module_name, _, attr = name.rpartition(".")
+        module = new.get_submodule(module_name)
+        old = getattr(module, attr)
+        tensor = torch.as_tensor(value, dtype=old.dtype, device=old.device)
+        if isinstance(old, torch.nn.Parameter):
+            setattr(module, attr, torch.nn.Parameter(tensor, requires_grad=old.requires_grad))
+        else:
+            setattr(module, attr, tensor)
+    for module in {new.get_submodule(n.rpartition(".")[0]) for n in changed}:
+        _resize_attributes(module)
+    _check_forward(new, example_inputs)
+    return new
+
+
+def _orders_from_widths(groups, widths: dict[str, int]) -> dict[int, np.ndarray]:
+    by_name = {}
+    for s in groups.plan.sources:
+        by_name[s.node] = s
+        if s.weight:
+            by_name[s.weight] = s
+    order = {g.id: np.arange(g.size) for g in groups.groups}
+    for name, n in widths.items():
+        s = by_name.get(name)
+        if s is None:
+            raise ValueError(f"apply_structure: '{name}' is not a source of the model")
+        gids = set(groups.element_group[groups.plan.ids(s.tensor), 0].tolist())
+        if len(gids) != 1:
+            continue  # a concat of several groups: set by the groups' own sources
+        g = groups.groups[gids.pop()]
+        if g.pinned and int(n) != g.size:
+            raise ValueError(f"apply_structure: '{name}' is pinned ({g.pinned}); its width stays {g.size}")
+        order[g.id] = np.array(list(range(min(int(n), g.size))) + [-1] * max(0, int(n) - g.size), dtype=np.int64)
+    return order
+
+
+def _tensor_order(groups, tensor: str, order: dict[int, np.ndarray]) -> np.ndarray | None:
+    """Old channel (or -1 for a new one) at each channel of the tensor in the new structure."""
+    eg = groups.element_group[groups.plan.ids(tensor)]
+    out, c, changed = [], 0, False
+    while c < len(eg):
+        gid, start = int(eg[c, 0]), c
+        while c < len(eg) and eg[c, 0] == gid:
+            c += 1
+        size = groups.groups[gid].size
+        m = max(1, (c - start) // size)
+        by_k = {int(eg[ch, 1]): [] for ch in range(start, c)}
+        for ch in range(start, c):
+            by_k[int(eg[ch, 1])].append(ch)
+        for k in order[gid].tolist():
+            out += by_k[k] if k >= 0 else [-1] * m
+        changed |= not np.array_equal(order[gid], np.arange(size))
+    return np.array(out, dtype=np.int64) if changed else None
+
+
+def _resize_attributes(module: torch.nn.Module) -> None:
+    if isinstance(module, torch.nn.modules.conv._ConvNd):
+        w = module.weight
+        if module.groups > 1 and module.groups == module.in_channels:  # depthwise: one group per channel
+            module.groups = w.shape[0] // (module.out_channels // module.in_channels)
+            module.in_channels = module.groups
+        elif module.groups > 1:
+            raise ValueError(f"apply_structure: grouped convolution {module} cannot be resized yet")
+        else:
+            module.in_channels = w.shape[1]
+        module.out_channels = w.shape[0]
+    elif isinstance(module, torch.nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, torch.nn.modules.batchnorm._NormBase):
+        module.num_features = module.weight.shape[0] if module.affine else module.running_mean.shape[0]
+
+
+def _check_forward(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> None:
+    """Run the model once; name the module where a hard-coded width breaks it."""
+    last: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: last.append(names[mod])) for m in names if names[m]]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*example_inputs)
+    except RuntimeError as e:
+        where = last[-1] if last else "the model's forward code"
+        raise ValueError(f"apply_structure: the resized model fails in module '{where}' "
+                         f"(a width hard-coded in the model's code?): {str(e).splitlines()[0]}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
