@@ -7,7 +7,10 @@
    against the oracle); read the learned widths.
 4. Retrain every learned structure from scratch (3 seeds), and the uniform width-multiplier
    baseline at the same MACs (MorphNet's central comparison).
-5. Write a table (results.md, results.json) and a plot (accuracy_vs_macs.png) to --out.
+5. The full cycle (with --cycles): expand the learned structure by one width multiplier back
+   to the seed's MACs, retrain it; train that with the penalty again, shrink, expand, retrain
+   (cycle 2).
+6. Write a table (results.md, results.json) and a plot (accuracy_vs_macs.png) to --out.
 
     python scripts/morphnet_digits.py [--out demo-out/digits] [--epochs 40] [--write-default-model]
 
@@ -128,6 +131,16 @@ def uniform_at(budget: int) -> tuple[dict[str, int], int]:
     return uniform(lo), macs(uniform(lo))
 
 
+def expand_to(widths: dict[str, int], budget: int) -> tuple[dict[str, int], int, float]:
+    """One width multiplier on every (non-zero) width, as large as the MACs budget allows."""
+    grow = lambda w: {k: (max(1, int(round(v * w))) if v else 0) for k, v in widths.items()}
+    lo, hi = 0.5, 8.0
+    for _ in range(16):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if macs(grow(mid)) <= budget else (lo, mid)
+    return grow(lo), macs(grow(lo)), lo
+
+
 def learned_widths(reg: Regularizer) -> dict[str, int]:
     masks = reg.alive_masks()
     w = {k: int(sum(masks[v])) for k, v in WEIGHT_OF.items()}
@@ -165,6 +178,10 @@ def plot(rows: list[dict], seed_row: dict, path: Path) -> None:
             ax.errorbar([v / 1e6 for v in m], [100 * v for v in a], yerr=[100 * v for v in s], fmt=marker,
                         color=color, capsize=3, label="uniform width multiplier" if kind == "uniform" else
                         "MorphNet (learned structure, retrained)")
+    for r in rows:
+        if r["kind"].startswith("cycle"):
+            ax.errorbar([r["macs"] / 1e6], [100 * r["acc_mean"]], yerr=[100 * r["acc_std"]], fmt="D", capsize=3,
+                        label=f"MorphNet {r['kind'].replace('cycle', 'cycle ')} (shrink, expand to the seed's MACs)")
     ax.errorbar([seed_row["macs"] / 1e6], [100 * seed_row["acc_mean"]], yerr=[100 * seed_row["acc_std"]], fmt="*",
                 color="tab:red", markersize=12, capsize=3, label="seed network")
     ax.set_xlabel("MACs (millions, morphonnx cost model)")
@@ -184,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strengths", default="1e-8,3e-8,1e-7", help="FLOP penalty strengths")
     p.add_argument("--threshold", type=float, default=0.01)
     p.add_argument("--write-default-model", action="store_true")
+    p.add_argument("--cycles", type=int, default=0, help="MorphNet cycles (shrink, expand) after the strengths")
+    p.add_argument("--cycle-from", type=int, default=2, help="row of the learned structure the cycles start from")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -218,13 +237,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"strength {strength:g}: widths {widths}, {budget / 1e6:.3f} M MACs ({budget / seed_macs:.0%} of the "
               f"seed), accuracy {100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}; uniform at {um / 1e6:.3f} M: "
               f"{100 * np.mean(uaccs):.2f} ± {100 * np.std(uaccs):.2f}  [{checked}]", flush=True)
+    cycles = []
+    widths = rows[args.cycle_from]["widths"] if args.cycles else None
+    for cycle in range(1, args.cycles + 1):
+        grown, grown_macs, w = expand_to(widths, seed_macs)
+        accs = retrain(grown, train_set, test_set, args.epochs)
+        cycles.append({"kind": f"cycle{cycle}", "from": widths, "widths": grown, "multiplier": w, "macs": grown_macs,
+                       "accs": accs, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))})
+        print(f"cycle {cycle}: {widths} x {w:.3f} -> {grown}, {grown_macs / 1e6:.3f} M MACs, accuracy "
+              f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}", flush=True)
+        if cycle < args.cycles:  # shrink the expanded network again
+            model = DigitsNet(grown)
+            reg = Regularizer(model, (torch.zeros(1, 1, 16, 16),), resource="flops", threshold=args.threshold)
+            train(model, train_set, args.epochs, 0, reg, float(args.strengths.split(",")[args.cycle_from // 2]))
+            widths = learned_widths(reg)
+    rows += cycles
     (args.out / "results.json").write_text(json.dumps({"seed": seed_row, "rows": rows}, indent=1))
     lines = ["| network | widths (stem, b1, down, t1, t2r, t2) | MACs | vs seed | accuracy (3 seeds) |",
              "|---|---|---:|---:|---:|",
              f"| seed | {', '.join(str(v) for v in SEED_WIDTHS.values())} | {seed_macs / 1e6:.3f} M | 100% | "
              f"{100 * seed_row['acc_mean']:.2f} ± {100 * seed_row['acc_std']:.2f} |"]
     for r in rows:
-        name = f"MorphNet λ={r['strength']:g}" if r["kind"] == "morphnet" else "uniform multiplier"
+        name = {"morphnet": f"MorphNet λ={r.get('strength', 0):g}", "uniform": "uniform multiplier"}.get(
+            r["kind"], f"{r['kind']}: expanded x{r.get('multiplier', 1):.2f}")
         lines.append(f"| {name} | {', '.join(str(v) for v in r['widths'].values())} | {r['macs'] / 1e6:.3f} M | "
                      f"{r['macs'] / seed_macs:.0%} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
