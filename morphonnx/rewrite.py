@@ -754,28 +754,38 @@ def grow(groups: Groups, widths: np.ndarray) -> onnx.ModelProto:
     if any(h.startswith(("_slice_bounds", "_grouped_columns")) for h in hooks):
         raise BadInput("expand -o: grouped convolutions and Slices of channels cannot be grown yet "
                        "(the expanded structure can still be written with --json)")
-    kept = {t: idx for t in groups.plan.spaces
-            for idx in [_grown_index(groups, t, widths)] if idx is not None}
+    order = {g.id: widened(g.size, int(widths[g.id])) for g in groups.groups}
+    kept = {t: idx for t in groups.plan.spaces for idx in [tensor_order(groups, t, order)] if idx is not None}
     rw = _Rewriter(groups, kept, Morph())
     rw.slice_constants()
     rw.run_hooks()
     return rw.export(groups.graph.model)
 
 
-def _grown_index(groups: Groups, tensor: str, widths: np.ndarray) -> np.ndarray | None:
-    """Old channel (or -1 for a new one) at each channel of the grown tensor, None if unchanged.
+def widened(size: int, width: int) -> np.ndarray:
+    """Group channels of a group resized to `width`: the first ones kept, -1 for each new one."""
+    return np.array(list(range(min(width, size))) + [-1] * max(0, width - size), dtype=np.int64)
 
-    The tensor's channels are walked in order, one run per group (a concat holds several):
-    each run keeps its first channels and ends with the new ones.
+
+def tensor_order(groups: Groups, tensor: str, order: dict[int, np.ndarray]) -> np.ndarray | None:
+    """Old channel (or -1 for a new one) at each channel of a tensor, given each group's new
+    order of group channels; None if the tensor does not change.
+
+    The tensor's channels are walked in order, one run per group (a concat holds several);
+    each run is laid out in its group's new order.
     """
     eg = groups.element_group[groups.plan.ids(tensor)]
-    out, c, size_changed = [], 0, False
+    out, c, changed = [], 0, False
     while c < len(eg):
         gid, start = int(eg[c, 0]), c
         while c < len(eg) and eg[c, 0] == gid:
             c += 1
-        n, size = int(widths[gid]), groups.groups[gid].size
+        size = groups.groups[gid].size
+        by_k: dict[int, list[int]] = {}
+        for ch in range(start, c):
+            by_k.setdefault(int(eg[ch, 1]), []).append(ch)
         m = max(1, (c - start) // size)
-        out += [ch for ch in range(start, c) if eg[ch, 1] < n] + [-1] * (max(0, n - size) * m)
-        size_changed |= n != size
-    return np.array(out, dtype=np.int64) if size_changed else None
+        for k in order[gid].tolist():
+            out += by_k.get(k, []) if k >= 0 else [-1] * m
+        changed |= not np.array_equal(order[gid], np.arange(size))
+    return np.array(out, dtype=np.int64) if changed else None

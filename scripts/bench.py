@@ -155,19 +155,9 @@ def prune_once(path: Path, out: Path, keep: float, multiple: int = 1):
 
 
 def ort_latency(model_path: Path, feeds: dict, repeat: int = 20) -> float:
-    """Median seconds of one onnxruntime run (all optimizations, 2 threads)."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    """Median seconds of one onnxruntime run (all optimizations)."""
+    from morphonnx.calibrate import run_time
+    return run_time(str(model_path), feeds, repeat=repeat, warmup=3)
 
 
 def bench_prune(zoo: Path, names: list[str], repeat: int, keep: float, multiple: int, tmp: Path) -> None:

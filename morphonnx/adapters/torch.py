@@ -205,7 +205,7 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
     import copy
 
     from ..masks import legalize, masks_from_sources
-    from ..rewrite import _expand, _take_or_init
+    from ..rewrite import _expand, _take_or_init, tensor_order
     if (masks is None) == (widths is None):
         raise ValueError("apply_structure: give exactly one of masks and widths")
     graph = load(export_bn_kept(model, example_inputs))
@@ -223,7 +223,7 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
     new = copy.deepcopy(model)
     state = dict(new.named_parameters()) | dict(new.named_buffers())
     rng = np.random.default_rng(seed)
-    index = {t: _tensor_order(groups, t, order) for t in groups.plan.spaces}
+    index = {t: tensor_order(groups, t, order) for t in groups.plan.spaces}
     changed: dict[str, np.ndarray] = {}
     for node_name, slicings in groups.plan.slicings.items():
         node = graph.nodes[node_name]
@@ -255,6 +255,7 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
 
 
 def _orders_from_widths(groups, widths: dict[str, int]) -> dict[int, np.ndarray]:
+    from ..rewrite import widened
     by_name = {}
     for s in groups.plan.sources:
         by_name[s.node] = s
@@ -271,27 +272,8 @@ def _orders_from_widths(groups, widths: dict[str, int]) -> dict[int, np.ndarray]
         g = groups.groups[gids.pop()]
         if g.pinned and int(n) != g.size:
             raise ValueError(f"apply_structure: '{name}' is pinned ({g.pinned}); its width stays {g.size}")
-        order[g.id] = np.array(list(range(min(int(n), g.size))) + [-1] * max(0, int(n) - g.size), dtype=np.int64)
+        order[g.id] = widened(g.size, int(n))
     return order
-
-
-def _tensor_order(groups, tensor: str, order: dict[int, np.ndarray]) -> np.ndarray | None:
-    """Old channel (or -1 for a new one) at each channel of the tensor in the new structure."""
-    eg = groups.element_group[groups.plan.ids(tensor)]
-    out, c, changed = [], 0, False
-    while c < len(eg):
-        gid, start = int(eg[c, 0]), c
-        while c < len(eg) and eg[c, 0] == gid:
-            c += 1
-        size = groups.groups[gid].size
-        m = max(1, (c - start) // size)
-        by_k = {int(eg[ch, 1]): [] for ch in range(start, c)}
-        for ch in range(start, c):
-            by_k[int(eg[ch, 1])].append(ch)
-        for k in order[gid].tolist():
-            out += by_k[k] if k >= 0 else [-1] * m
-        changed |= not np.array_equal(order[gid], np.arange(size))
-    return np.array(out, dtype=np.int64) if changed else None
 
 
 def _resize_attributes(module: torch.nn.Module) -> None:
