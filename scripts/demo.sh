@@ -12,7 +12,7 @@ mkdir -p demo-out
 "$VENV/bin/morphonnx" analyze "$MODEL" --profile p100 --profile v100 --profile x86-server-cpu --top 5 \
     --json demo-out/analysis.json
 echo
-"$VENV/bin/morphonnx" prune "$MODEL" --threshold 0.8 -o demo-out/pruned.onnx
+"$VENV/bin/morphonnx" prune "$MODEL" --threshold 0.95 -o demo-out/pruned.onnx
 echo
 "$VENV/bin/morphonnx" compare "$MODEL" demo-out/pruned.onnx --profile p100 --profile v100 --top 5 \
     --plot demo-out/compare.png --json demo-out/compare.json

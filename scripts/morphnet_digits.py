@@ -143,7 +143,7 @@ def expand_to(widths: dict[str, int], budget: int) -> tuple[dict[str, int], int,
 
 def learned_widths(reg: Regularizer) -> dict[str, int]:
     masks = reg.alive_masks()
-    w = {k: int(sum(masks[v])) for k, v in WEIGHT_OF.items()}
+    w = {k: int(sum(masks.get(v, []))) for k, v in WEIGHT_OF.items()}  # a vanished block has no weight
     if w["t2r"] == 0 or w["t2"] == 0:
         w["t2r"] = w["t2"] = 0
     return w
