@@ -230,3 +230,22 @@ def test_apply_structure_names_the_module_with_a_hard_coded_width():
     x = torch.randn(2, 3, 4, 4)
     with pytest.raises(ValueError, match="fails in module 'head'"):
         apply_structure(Fixed(), (x,), masks={"conv.weight": [1, 0] * 4})
+
+
+def test_apply_structure_on_the_digits_cnn():
+    """The script's CNN: residual block, strided conv, a two-tower concat; shrink and expand."""
+    import importlib.util
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("morphnet_digits", ROOT / "scripts" / "morphnet_digits.py")
+    md = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(md)
+    from morphonnx.torch import apply_structure
+    model = md.DigitsNet(md.SEED_WIDTHS).eval()
+    x = torch.randn(2, 1, 16, 16)
+    masks = {"stem.0.weight": [1, 0] * 16, "t1.0.weight": [1] * 20 + [0] * 12, "t2.0.weight": [0, 1, 1] * 16}
+    small = apply_structure(model, (x,), masks=masks)
+    assert small.stem[0].out_channels == 16 and small.b1b[0].out_channels == 16  # tied by the residual add
+    assert small.fc.in_features == 20 + 32
+    big = apply_structure(model, (x,), widths={"t1.0.weight": 40, "down.0.weight": 80})
+    assert big.t1[0].out_channels == 40 and big.t2r[0].in_channels == 80 and big.fc.in_features == 40 + 48
+    assert big(x).shape == (2, 10)
