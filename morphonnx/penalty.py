@@ -250,3 +250,36 @@ def slot_gammas(program: PenaltyProgram, gammas: dict[str, np.ndarray]) -> np.nd
         ok = slots >= 0
         np.maximum.at(out, slots[ok], np.abs(np.asarray(gammas[name], dtype=float))[ok])
     return out
+
+
+class GammaRegularizer:
+    """What the framework adapters share: everything computed from the current per-slot gammas.
+
+    A subclass sets `program`, `groups` and `threshold` and implements `slot_gammas()`.
+    """
+
+    program: PenaltyProgram
+    groups: Groups
+    threshold: float
+
+    def slot_gammas(self) -> np.ndarray:
+        """Current per-slot gammas (max |gamma| over each slot's sources)."""
+        raise NotImplementedError
+
+    def cost(self) -> float:
+        """The resource of the structure alive now (FLOPs, MACs, params or seconds)."""
+        alive, _ = self.program.alive_and_reg(self.slot_gammas(), self.threshold)
+        return self.program.cost(alive)
+
+    def alive_masks(self) -> dict[str, list[int]]:
+        """Per Conv/Gemm/MatMul weight name: 1 for each output channel that stays alive."""
+        slots, p = self.slot_gammas(), self.program
+        first = {int(g): int(np.argmax(p.slot_group == g)) for g in np.unique(p.slot_group)}
+        return {s.weight or s.node: [1 if not p.learnable[gid] else int(slots[first[gid] + k] > self.threshold)
+                                     for _, gid, k in self.groups.source_channels(s)]
+                for s in self.groups.plan.sources if s.kind == "weight"}
+
+    def structure(self) -> dict[str, int]:
+        """Alive output channels per Conv/Gemm/MatMul node (MorphNet's structure format)."""
+        names = {s.weight or s.node: s.node for s in self.groups.plan.sources if s.kind == "weight"}
+        return {names[k]: int(sum(v)) for k, v in self.alive_masks().items()}

@@ -79,9 +79,14 @@ def kept_by_tensor(groups: Groups, removed: dict[str, np.ndarray]) -> dict[str, 
     return {t: np.setdiff1d(np.arange(spaces[t].size), r) for t, r in removed.items()}
 
 
-def _has_own_bn(graph: Graph, tensor: str) -> bool:
+def own_bn(graph: Graph, tensor: str) -> str | None:
+    """The BatchNormalization node that alone reads a source's output (its own BN), if any."""
     users = graph.consumers.get(tensor, [])
-    return len(users) == 1 and graph.nodes[users[0]].op_type == "BatchNormalization"
+    return users[0] if len(users) == 1 and graph.nodes[users[0]].op_type == "BatchNormalization" else None
+
+
+def _has_own_bn(graph: Graph, tensor: str) -> bool:
+    return own_bn(graph, tensor) is not None
 
 
 def _bias_add(groups: Groups, tensor: str) -> tuple[str, int] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rewrite import PruneResult, _has_own_bn, removed_by_tensor
+from .rewrite import PruneResult, own_bn, removed_by_tensor
 
 
 def structure(result: PruneResult) -> dict:
@@ -30,9 +30,9 @@ def structure(result: PruneResult) -> dict:
         })
         key = s.weight or s.node
         doc["masks"][key] = keep.astype(int).tolist()
-        if _has_own_bn(graph, s.tensor) and not keep.all():
-            bn = graph.nodes[graph.consumers[s.tensor][0]]
-            doc["silenced"][key] = [float(v) for v in graph.array(bn.input[2])]  # BN output at scale 0
+        bn = own_bn(graph, s.tensor)
+        if bn is not None and not keep.all():
+            doc["silenced"][key] = [float(v) for v in graph.array(graph.nodes[bn].input[2])]  # BN output at scale 0
     return doc
 
 

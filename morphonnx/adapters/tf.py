@@ -25,7 +25,7 @@ import tensorflow as tf
 from ..graph import load
 from ..groups import find_groups
 from ..io import atomic_write_text
-from ..penalty import compile_program
+from ..penalty import GammaRegularizer, compile_program
 from ..profiles import Profile, load_profile
 
 
@@ -47,7 +47,7 @@ def _bn_inputs(model) -> list[tuple[object, object]]:
     return pairs
 
 
-class Regularizer:
+class Regularizer(GammaRegularizer):
     """GammaFlops / GammaModelSize / GammaLatency for a Keras model (same API as morphonnx.torch)."""
 
     def __init__(self, model, example_inputs: Sequence, resource: str = "flops",
@@ -116,24 +116,6 @@ class Regularizer:
         """Current per-slot gammas."""
         return np.maximum(self._slot_gammas().numpy().astype(float), 0.0)
 
-    def cost(self) -> float:
-        """The resource of the structure alive now."""
-        alive, _ = self.program.alive_and_reg(self.slot_gammas(), self.threshold)
-        return self.program.cost(alive)
-
-    def alive_masks(self) -> dict[str, list[int]]:
-        """Per weight name of the tf2onnx export: 1 for each output channel that stays alive."""
-        slots, p = self.slot_gammas(), self.program
-        first = {int(g): int(np.argmax(p.slot_group == g)) for g in np.unique(p.slot_group)}
-        return {s.weight or s.node: [1 if not p.learnable[gid] else int(slots[first[gid] + k] > self.threshold)
-                                     for _, gid, k in self.groups.source_channels(s)]
-                for s in self.groups.plan.sources if s.kind == "weight"}
-
     def save_masks(self, path: str | os.PathLike) -> None:
         """Write the masks file `morphonnx prune --masks` reads, for the tf2onnx export."""
         atomic_write_text(path, json.dumps({"masks": self.alive_masks()}))
-
-    def structure(self) -> dict[str, int]:
-        """Alive output channels per Conv/Gemm/MatMul node."""
-        names = {s.weight or s.node: s.node for s in self.groups.plan.sources if s.kind == "weight"}
-        return {names[k]: int(sum(v)) for k, v in self.alive_masks().items()}

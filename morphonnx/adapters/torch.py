@@ -25,7 +25,8 @@ import torch
 from ..graph import load
 from ..groups import find_groups
 from ..io import atomic_write_text
-from ..penalty import compile_program
+from ..penalty import GammaRegularizer, compile_program
+from ..rewrite import own_bn
 from ..profiles import Profile, load_profile
 
 
@@ -65,7 +66,7 @@ def export_bn_kept(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor
         model.train(was_training)
 
 
-class Regularizer:
+class Regularizer(GammaRegularizer):
     """MorphNet's GammaFlops / GammaModelSize / GammaLatency regularizer for a torch model."""
 
     def __init__(self, model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], resource: str = "flops",
@@ -148,33 +149,14 @@ class Regularizer:
             finally:
                 self._gammas = saved
 
-    def cost(self) -> float:
-        """The resource of the structure alive now (FLOPs, params or seconds)."""
-        alive, _ = self.program.alive_and_reg(self.slot_gammas(), self.threshold)
-        return self.program.cost(alive)
-
-    def alive_masks(self) -> dict[str, list[int]]:
-        """Per Conv/Gemm/MatMul weight name: 1 for each output channel that stays alive."""
-        slots = self.slot_gammas()
-        p = self.program
-        first = {int(g): int(np.argmax(p.slot_group == g)) for g in np.unique(p.slot_group)}
-        out = {}
-        for s in self.groups.plan.sources:
-            if s.kind != "weight":
-                continue
-            keep = [1 if not p.learnable[gid] else int(slots[first[gid] + k] > self.threshold)
-                    for _, gid, k in self.groups.source_channels(s)]
-            out[s.weight or s.node] = keep
-        return out
-
     def silenced(self) -> dict[str, list[float]]:
         """Per weight source with its own BN: the BN shift each channel outputs when its scale is 0."""
         graph, params = self.graph, dict(self.model.named_parameters())
         out = {}
         for s in self.groups.plan.sources:
-            users = graph.consumers.get(s.tensor, [])
-            if s.kind == "weight" and len(users) == 1 and graph.nodes[users[0]].op_type == "BatchNormalization":
-                bias = graph.nodes[users[0]].input[2]
+            bn = own_bn(graph, s.tensor) if s.kind == "weight" else None
+            if bn is not None:
+                bias = graph.nodes[bn].input[2]
                 if bias in params:
                     out[s.weight or s.node] = [float(v) for v in params[bias].detach().cpu().reshape(-1)]
         return out
@@ -182,11 +164,6 @@ class Regularizer:
     def save_masks(self, path: str | os.PathLike) -> None:
         """Write the masks file `morphonnx prune --masks` reads (it also applies to the BN-folded export)."""
         atomic_write_text(path, json.dumps({"masks": self.alive_masks(), "silenced": self.silenced()}))
-
-    def structure(self) -> dict[str, int]:
-        """Alive output channels per Conv/Gemm/MatMul node (MorphNet's structure format)."""
-        names = {s.weight or s.node: s.node for s in self.groups.plan.sources if s.kind == "weight"}
-        return {names[k]: int(sum(v)) for k, v in self.alive_masks().items()}
 
 
 def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
