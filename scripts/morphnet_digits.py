@@ -5,16 +5,20 @@
 2. Train it again with MorphNet's FLOP penalty (morphonnx.torch.Regularizer) at several strengths.
 3. Export each penalized model to ONNX and `morphonnx prune` it with the learned masks (checked
    against the oracle); read the learned widths.
-4. Retrain every learned structure from scratch (3 seeds), and the uniform width-multiplier
+4. Retrain every learned structure from scratch (5 seeds), and the uniform width-multiplier
    baseline at the same MACs (MorphNet's central comparison).
 5. The full cycle (with --cycles): expand the learned structure by one width multiplier back
    to the seed's MACs, retrain it; train that with the penalty again, shrink, expand, retrain
    (cycle 2).
 6. Write a table (results.md, results.json) and a plot (accuracy_vs_macs.png) to --out.
 
-    python scripts/morphnet_digits.py [--out demo-out/digits] [--epochs 40] [--write-default-model]
+    python scripts/morphnet_digits.py [--out demo-out/digits] [--epochs 40] [--seeds 5]
+        [--seed-widths 32,32,64,32,32,48] [--strengths 3e-8,1e-7,3e-7] [--cycles 2] [--write-default-model]
 
-`--write-default-model` stores the trained seed (BN kept) as morphonnx/data/digits_cnn.onnx,
+Every training (seed, penalty, retrain, baseline) uses one recipe: SGD with Nesterov momentum,
+cosine schedule, L2 on the conv/linear weights; seed i fixes both the initial weights and the
+batch order, so a rerun on the same machine gives the same numbers.
+`--write-default-model` stores a trained seed (BN kept) as morphonnx/data/digits_cnn.onnx,
 the model the README's demo command analyzes, prunes and compares.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from morphonnx.torch import Regularizer, export_bn_kept
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_WIDTHS = {"stem": 32, "b1": 32, "down": 64, "t1": 32, "t2r": 32, "t2": 48}
+LR, WEIGHT_DECAY = 0.05, 5e-4
 WEIGHT_OF = {"stem": "stem.0.weight", "b1": "b1a.0.weight", "down": "down.0.weight", "t1": "t1.0.weight",
              "t2r": "t2r.0.weight", "t2": "t2.0.weight"}
 
@@ -88,9 +93,17 @@ def data(seed: int = 0):
 
 def train(model: nn.Module, train_set, epochs: int, seed: int, reg: Regularizer | None = None,
           strength: float = 0.0) -> nn.Module:
+    """SGD with Nesterov momentum, cosine schedule, L2 on conv/linear weights (not on BN or biases).
+
+    The L2 is part of MorphNet's recipe, not decoration: BN makes a conv's output invariant to the
+    scale of the weights before it, so without weight decay a network can shrink every gamma and
+    grow the next weights to pay the L1 penalty without losing a channel."""
     torch.manual_seed(seed)
     x, y = train_set
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    others = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": weights, "weight_decay": WEIGHT_DECAY}, {"params": others, "weight_decay": 0}],
+                          lr=LR, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     model.train()
     for _ in range(epochs):
@@ -118,17 +131,18 @@ def macs(widths: dict[str, int]) -> int:
     return morphonnx.cost_model(morphonnx.load(export_bn_kept(model, (torch.zeros(1, 1, 16, 16),)))).total("macs")
 
 
-def uniform(multiplier: float) -> dict[str, int]:
-    return {k: max(1, int(round(v * multiplier))) for k, v in SEED_WIDTHS.items()}
+def uniform(multiplier: float, seed: dict[str, int]) -> dict[str, int]:
+    return {k: max(1, int(round(v * multiplier))) for k, v in seed.items()}
 
 
-def uniform_at(budget: int) -> tuple[dict[str, int], int]:
-    """The largest uniform width multiplier whose MACs stay within the budget."""
-    lo, hi = 0.05, 1.5
-    for _ in range(14):
+def uniform_at(budget: int, seed: dict[str, int]) -> tuple[dict[str, int], int]:
+    """The smallest uniform width multiplier whose MACs reach the budget: the baseline never has
+    fewer MACs than the learned structure it is compared with."""
+    lo, hi = 0.01, 1.5
+    for _ in range(16):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if macs(uniform(mid)) <= budget else (lo, mid)
-    return uniform(lo), macs(uniform(lo))
+        lo, hi = (mid, hi) if macs(uniform(mid, seed)) < budget else (lo, mid)
+    return uniform(hi, seed), macs(uniform(hi, seed))
 
 
 def expand_to(widths: dict[str, int], budget: int) -> tuple[dict[str, int], int, float]:
@@ -149,8 +163,15 @@ def learned_widths(reg: Regularizer) -> dict[str, int]:
     return w
 
 
-def retrain(widths: dict[str, int], train_set, test_set, epochs: int, seeds=(0, 1, 2)) -> list[float]:
-    return [accuracy(train(DigitsNet(widths), train_set, epochs, seed), test_set) for seed in seeds]
+def fresh(widths: dict[str, int], seed: int) -> DigitsNet:
+    """A newly initialized network; the seed fixes its initial weights as well as its training."""
+    torch.manual_seed(seed)
+    return DigitsNet(widths)
+
+
+def retrain(widths: dict[str, int], train_set, test_set, epochs: int, seeds: int = 5) -> list[float]:
+    """Test accuracies of `seeds` trainings from scratch (seeds 0, 1, ...) on the same split."""
+    return [accuracy(train(fresh(widths, seed), train_set, epochs, seed), test_set) for seed in range(seeds)]
 
 
 def prune_with_cli(model: nn.Module, reg: Regularizer, out: Path) -> str:
@@ -166,7 +187,7 @@ def prune_with_cli(model: nn.Module, reg: Regularizer, out: Path) -> str:
     return next(line for line in r.stdout.splitlines() if line.startswith("check:"))
 
 
-def plot(rows: list[dict], seed_row: dict, path: Path) -> None:
+def plot(rows: list[dict], seed_row: dict, path: Path, seeds: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -185,7 +206,7 @@ def plot(rows: list[dict], seed_row: dict, path: Path) -> None:
     ax.errorbar([seed_row["macs"] / 1e6], [100 * seed_row["acc_mean"]], yerr=[100 * seed_row["acc_std"]], fmt="*",
                 color="tab:red", markersize=12, capsize=3, label="seed network")
     ax.set_xlabel("MACs (millions, morphonnx cost model)")
-    ax.set_ylabel("test accuracy (%), mean ± std over 3 seeds")
+    ax.set_ylabel(f"test accuracy (%), mean ± std over {seeds} seeds")
     ax.set_title("digits 16x16: accuracy vs MACs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -198,64 +219,81 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "demo-out" / "digits")
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--strengths", default="1e-8,3e-8,1e-7", help="FLOP penalty strengths")
+    p.add_argument("--strengths", default="3e-8,1e-7,3e-7", help="FLOP penalty strengths")
     p.add_argument("--threshold", type=float, default=0.01)
     p.add_argument("--write-default-model", action="store_true")
     p.add_argument("--cycles", type=int, default=0, help="MorphNet cycles (shrink, expand) after the strengths")
-    p.add_argument("--cycle-from", type=int, default=2, help="row of the learned structure the cycles start from")
+    p.add_argument("--cycle-from", type=int, default=None,
+                   help="index in --strengths of the structure the cycles start from (default: the one closest to "
+                        "half the seed's MACs)")
+    p.add_argument("--seed-widths", default=",".join(str(v) for v in SEED_WIDTHS.values()),
+                   help="widths of the seed network: stem, b1, down, t1, t2r, t2")
+    p.add_argument("--seeds", type=int, default=5, help="trainings from scratch per network (mean ± std)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    torch.use_deterministic_algorithms(True)  # same numbers on a rerun on the same machine
     train_set, test_set = data()
-    seed_macs = macs(SEED_WIDTHS)
-    seed_accs = retrain(SEED_WIDTHS, train_set, test_set, args.epochs)
-    seed_row = {"kind": "seed", "widths": SEED_WIDTHS, "macs": seed_macs, "accs": seed_accs,
+    seed_widths = dict(zip(SEED_WIDTHS, (int(v) for v in args.seed_widths.split(","))))
+    seed_macs = macs(seed_widths)
+    seed_accs = retrain(seed_widths, train_set, test_set, args.epochs, args.seeds)
+    seed_row = {"kind": "seed", "widths": seed_widths, "macs": seed_macs, "accs": seed_accs,
                 "acc_mean": float(np.mean(seed_accs)), "acc_std": float(np.std(seed_accs))}
     print(f"seed: {seed_macs / 1e6:.3f} M MACs, accuracy {100 * np.mean(seed_accs):.2f} ± {100 * np.std(seed_accs):.2f}")
     if args.write_default_model:
         import onnx
-        model = train(DigitsNet(SEED_WIDTHS), train_set, args.epochs, 0)
+        model = train(fresh(seed_widths, 0), train_set, args.epochs, 0)
         target = ROOT / "morphonnx" / "data" / "digits_cnn.onnx"
         onnx.save(export_bn_kept(model, (torch.zeros(1, 1, 16, 16),)), str(target))
         print(f"wrote {target}")
     rows = []
-    for strength in [float(s) for s in args.strengths.split(",")]:
-        model = DigitsNet(SEED_WIDTHS)
+    strengths = [float(s) for s in args.strengths.split(",")]
+    for strength in strengths:
+        model = fresh(seed_widths, 0)
         reg = Regularizer(model, (torch.zeros(1, 1, 16, 16),), resource="flops", threshold=args.threshold)
         train(model, train_set, args.epochs, 0, reg, strength)
         widths = learned_widths(reg)
-        with tempfile.TemporaryDirectory() as tmp:
-            checked = prune_with_cli(model, reg, Path(tmp))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                checked = prune_with_cli(model, reg, Path(tmp))
+        except RuntimeError as e:  # a strength that kills a whole layer leaves no network to retrain
+            print(f"strength {strength:g}: {e}; skipped", flush=True)
+            continue
         budget = macs(widths)
-        accs = retrain(widths, train_set, test_set, args.epochs)
+        accs = retrain(widths, train_set, test_set, args.epochs, args.seeds)
         rows.append({"kind": "morphnet", "strength": strength, "widths": widths, "macs": budget, "accs": accs,
                      "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "prune": checked})
-        uw, um = uniform_at(budget)
-        uaccs = retrain(uw, train_set, test_set, args.epochs)
+        uw, um = uniform_at(budget, seed_widths)
+        uaccs = retrain(uw, train_set, test_set, args.epochs, args.seeds)
         rows.append({"kind": "uniform", "budget": budget, "widths": uw, "macs": um, "accs": uaccs,
                      "acc_mean": float(np.mean(uaccs)), "acc_std": float(np.std(uaccs))})
         print(f"strength {strength:g}: widths {widths}, {budget / 1e6:.3f} M MACs ({budget / seed_macs:.0%} of the "
               f"seed), accuracy {100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}; uniform at {um / 1e6:.3f} M: "
               f"{100 * np.mean(uaccs):.2f} ± {100 * np.std(uaccs):.2f}  [{checked}]", flush=True)
     cycles = []
-    widths = rows[args.cycle_from]["widths"] if args.cycles else None
+    learned = [r for r in rows if r["kind"] == "morphnet"]
+    if args.cycle_from is None:
+        args.cycle_from = min(range(len(learned)), key=lambda i: abs(learned[i]["macs"] / seed_macs - 0.5))
+    widths = learned[args.cycle_from]["widths"]
     for cycle in range(1, args.cycles + 1):
         grown, grown_macs, w = expand_to(widths, seed_macs)
-        accs = retrain(grown, train_set, test_set, args.epochs)
+        accs = retrain(grown, train_set, test_set, args.epochs, args.seeds)
         cycles.append({"kind": f"cycle{cycle}", "from": widths, "widths": grown, "multiplier": w, "macs": grown_macs,
                        "accs": accs, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))})
         print(f"cycle {cycle}: {widths} x {w:.3f} -> {grown}, {grown_macs / 1e6:.3f} M MACs, accuracy "
               f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}", flush=True)
         if cycle < args.cycles:  # shrink the expanded network again
-            model = DigitsNet(grown)
+            model = fresh(grown, 0)
             reg = Regularizer(model, (torch.zeros(1, 1, 16, 16),), resource="flops", threshold=args.threshold)
-            train(model, train_set, args.epochs, 0, reg, float(args.strengths.split(",")[args.cycle_from // 2]))
+            train(model, train_set, args.epochs, 0, reg, strengths[args.cycle_from])
             widths = learned_widths(reg)
     rows += cycles
-    (args.out / "results.json").write_text(json.dumps({"seed": seed_row, "rows": rows}, indent=1))
-    lines = ["| network | widths (stem, b1, down, t1, t2r, t2) | MACs | vs seed | accuracy (3 seeds) |",
+    (args.out / "results.json").write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+                                                       | {"lr": LR, "weight_decay": WEIGHT_DECAY},
+                                                       "seed": seed_row, "rows": rows}, indent=1))
+    lines = [f"| network | widths (stem, b1, down, t1, t2r, t2) | MACs | vs seed | accuracy ({args.seeds} seeds) |",
              "|---|---|---:|---:|---:|",
-             f"| seed | {', '.join(str(v) for v in SEED_WIDTHS.values())} | {seed_macs / 1e6:.3f} M | 100% | "
+             f"| seed | {', '.join(str(v) for v in seed_widths.values())} | {seed_macs / 1e6:.3f} M | 100% | "
              f"{100 * seed_row['acc_mean']:.2f} ± {100 * seed_row['acc_std']:.2f} |"]
     for r in rows:
         name = {"morphnet": f"MorphNet λ={r.get('strength', 0):g}", "uniform": "uniform multiplier"}.get(
@@ -263,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {', '.join(str(v) for v in r['widths'].values())} | {r['macs'] / 1e6:.3f} M | "
                      f"{r['macs'] / seed_macs:.0%} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    plot(rows, seed_row, args.out / "accuracy_vs_macs.png")
+    plot(rows, seed_row, args.out / "accuracy_vs_macs.png", args.seeds)
     print("\n".join(lines))
     print(f"wrote {args.out / 'results.md'}, {args.out / 'accuracy_vs_macs.png'} in {time.time() - start:.0f}s")
     return 0
