@@ -42,6 +42,7 @@ from morphonnx.torch import Regularizer, export_bn_kept
 ROOT = Path(__file__).resolve().parent.parent
 SEED_WIDTHS = {"stem": 32, "b1": 32, "down": 64, "t1": 32, "t2r": 32, "t2": 48}
 LR, WEIGHT_DECAY = 0.05, 5e-4
+EXAMPLE = (torch.zeros(1, 1, 16, 16),)  # the example input of every export
 WEIGHT_OF = {"stem": "stem.0.weight", "b1": "b1a.0.weight", "down": "down.0.weight", "t1": "t1.0.weight",
              "t2r": "t2r.0.weight", "t2": "t2.0.weight"}
 
@@ -128,7 +129,7 @@ def accuracy(model: nn.Module, test_set) -> float:
 def macs(widths: dict[str, int]) -> int:
     """MACs of the network with these widths, from morphonnx's cost model of its ONNX export."""
     model = DigitsNet(widths).eval()
-    return morphonnx.cost_model(morphonnx.load(export_bn_kept(model, (torch.zeros(1, 1, 16, 16),)))).total("macs")
+    return morphonnx.cost_model(morphonnx.load(export_bn_kept(model, EXAMPLE))).total("macs")
 
 
 def uniform(multiplier: float, seed: dict[str, int]) -> dict[str, int]:
@@ -163,6 +164,10 @@ def learned_widths(reg: Regularizer) -> dict[str, int]:
     return w
 
 
+def spread(accs: list[float]) -> dict[str, float]:
+    return {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))}
+
+
 def fresh(widths: dict[str, int], seed: int) -> DigitsNet:
     """A newly initialized network; the seed fixes its initial weights as well as its training."""
     torch.manual_seed(seed)
@@ -178,7 +183,7 @@ def prune_with_cli(model: nn.Module, reg: Regularizer, out: Path) -> str:
     """Export (BN kept), save the learned masks, and run `morphonnx prune` on the export."""
     onnx_path, masks_path = out / "penalized.onnx", out / "masks.json"
     import onnx
-    onnx.save(export_bn_kept(model, (torch.zeros(1, 1, 16, 16),)), str(onnx_path))
+    onnx.save(export_bn_kept(model, EXAMPLE), str(onnx_path))
     reg.save_masks(masks_path)
     r = subprocess.run([sys.executable, "-m", "morphonnx", "prune", str(onnx_path), "--masks", str(masks_path),
                         "-o", str(out / "pruned.onnx")], capture_output=True, text=True)
@@ -238,19 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     seed_macs = macs(seed_widths)
     seed_accs = retrain(seed_widths, train_set, test_set, args.epochs, args.seeds)
     seed_row = {"kind": "seed", "widths": seed_widths, "macs": seed_macs, "accs": seed_accs,
-                "acc_mean": float(np.mean(seed_accs)), "acc_std": float(np.std(seed_accs))}
+                **spread(seed_accs)}
     print(f"seed: {seed_macs / 1e6:.3f} M MACs, accuracy {100 * np.mean(seed_accs):.2f} ± {100 * np.std(seed_accs):.2f}")
     if args.write_default_model:
         import onnx
         model = train(fresh(seed_widths, 0), train_set, args.epochs, 0)
         target = ROOT / "morphonnx" / "data" / "digits_cnn.onnx"
-        onnx.save(export_bn_kept(model, (torch.zeros(1, 1, 16, 16),)), str(target))
+        onnx.save(export_bn_kept(model, EXAMPLE), str(target))
         print(f"wrote {target}")
     rows = []
     strengths = [float(s) for s in args.strengths.split(",")]
     for strength in strengths:
         model = fresh(seed_widths, 0)
-        reg = Regularizer(model, (torch.zeros(1, 1, 16, 16),), resource="flops", threshold=args.threshold)
+        reg = Regularizer(model, EXAMPLE, resource="flops", threshold=args.threshold)
         train(model, train_set, args.epochs, 0, reg, strength)
         widths = learned_widths(reg)
         try:
@@ -262,11 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         budget = macs(widths)
         accs = retrain(widths, train_set, test_set, args.epochs, args.seeds)
         rows.append({"kind": "morphnet", "strength": strength, "widths": widths, "macs": budget, "accs": accs,
-                     "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "prune": checked})
+                     **spread(accs), "prune": checked})
         uw, um = uniform_at(budget, seed_widths)
         uaccs = retrain(uw, train_set, test_set, args.epochs, args.seeds)
         rows.append({"kind": "uniform", "budget": budget, "widths": uw, "macs": um, "accs": uaccs,
-                     "acc_mean": float(np.mean(uaccs)), "acc_std": float(np.std(uaccs))})
+                     **spread(uaccs)})
         print(f"strength {strength:g}: widths {widths}, {budget / 1e6:.3f} M MACs ({budget / seed_macs:.0%} of the "
               f"seed), accuracy {100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}; uniform at {um / 1e6:.3f} M: "
               f"{100 * np.mean(uaccs):.2f} ± {100 * np.std(uaccs):.2f}  [{checked}]", flush=True)
@@ -279,12 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         grown, grown_macs, w = expand_to(widths, seed_macs)
         accs = retrain(grown, train_set, test_set, args.epochs, args.seeds)
         cycles.append({"kind": f"cycle{cycle}", "from": widths, "widths": grown, "multiplier": w, "macs": grown_macs,
-                       "accs": accs, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))})
+                       "accs": accs, **spread(accs)})
         print(f"cycle {cycle}: {widths} x {w:.3f} -> {grown}, {grown_macs / 1e6:.3f} M MACs, accuracy "
               f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}", flush=True)
         if cycle < args.cycles:  # shrink the expanded network again
             model = fresh(grown, 0)
-            reg = Regularizer(model, (torch.zeros(1, 1, 16, 16),), resource="flops", threshold=args.threshold)
+            reg = Regularizer(model, EXAMPLE, resource="flops", threshold=args.threshold)
             train(model, train_set, args.epochs, 0, reg, strengths[args.cycle_from])
             widths = learned_widths(reg)
     rows += cycles
