@@ -3,8 +3,8 @@
 
 1. Train the seed network (a small ResNet/Inception-style CNN, BN kept) on 16x16 digits.
 2. Train it again with MorphNet's FLOP penalty (morphonnx.torch.Regularizer) at several strengths.
-3. Export each penalized model to ONNX and `morphonnx prune` it with the learned masks (checked
-   against the oracle); read the learned widths.
+3. Export each penalized model to ONNX, `morphonnx prune` it with the learned masks (checked
+   against the oracle) and `morphonnx expand` them back to the seed's MACs; read the widths.
 4. Retrain every learned structure from scratch (5 seeds), and the uniform width-multiplier
    baseline at the same MACs (MorphNet's central comparison).
 5. The full cycle (with --cycles): expand the learned structure by one width multiplier back
@@ -146,26 +146,27 @@ def uniform_at(budget: int, seed: dict[str, int]) -> tuple[dict[str, int], int]:
     return uniform(hi, seed), macs(uniform(hi, seed))
 
 
-def expand_to(widths: dict[str, int], budget: int) -> tuple[dict[str, int], int, float]:
-    """One width multiplier on every (non-zero) width, as large as the MACs budget allows."""
-    grow = lambda w: {k: (max(1, int(round(v * w))) if v else 0) for k, v in widths.items()}
-    lo, hi = 0.5, 8.0
-    for _ in range(16):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if macs(grow(mid)) <= budget else (lo, mid)
-    return grow(lo), macs(grow(lo)), lo
-
-
-def learned_widths(reg: Regularizer) -> dict[str, int]:
-    masks = reg.alive_masks()
-    w = {k: int(sum(masks.get(v, []))) for k, v in WEIGHT_OF.items()}  # a vanished block has no weight
+def by_block(per_weight: dict[str, int]) -> dict[str, int]:
+    """DigitsNet widths from channels per conv weight; a vanished block has no weight."""
+    w = {k: int(per_weight.get(v, 0)) for k, v in WEIGHT_OF.items()}
     if w["t2r"] == 0 or w["t2"] == 0:
         w["t2r"] = w["t2"] = 0
     return w
 
 
+def learned_widths(reg: Regularizer) -> dict[str, int]:
+    return by_block({name: sum(mask) for name, mask in reg.alive_masks().items()})
+
+
 def spread(accs: list[float]) -> dict[str, float]:
     return {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))}
+
+
+def versus(accs: list[float], seed_accs: list[float]) -> dict[str, float]:
+    """Mean accuracy minus the seed's, with the standard error of that difference."""
+    var = lambda a: np.var(a, ddof=1) / len(a) if len(a) > 1 else np.nan  # one training has no spread
+    se = np.sqrt(var(accs) + var(seed_accs))
+    return {"delta_vs_seed": float(np.mean(accs) - np.mean(seed_accs)), "delta_se": float(se)}
 
 
 def fresh(widths: dict[str, int], seed: int) -> DigitsNet:
@@ -179,17 +180,28 @@ def retrain(widths: dict[str, int], train_set, test_set, epochs: int, seeds: int
     return [accuracy(train(fresh(widths, seed), train_set, epochs, seed), test_set) for seed in range(seeds)]
 
 
-def prune_with_cli(model: nn.Module, reg: Regularizer, out: Path) -> str:
-    """Export (BN kept), save the learned masks, and run `morphonnx prune` on the export."""
-    onnx_path, masks_path = out / "penalized.onnx", out / "masks.json"
+def morphonnx_cli(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "morphonnx", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"morphonnx {args[0]} failed: {r.stderr.strip()}")
+    return r.stdout
+
+
+def prune_and_expand(model: nn.Module, reg: Regularizer, budget: int, out: Path) -> tuple[str, dict]:
+    """Export the penalized net (BN kept) and its learned masks; `morphonnx prune` them (checked
+    against the oracle) and `morphonnx expand` them to the MACs budget. Returns prune's check
+    line and the expansion: widths, MACs (the cost model's), multiplier."""
     import onnx
+    onnx_path, masks_path = out / "penalized.onnx", out / "masks.json"
     onnx.save(export_bn_kept(model, EXAMPLE), str(onnx_path))
     reg.save_masks(masks_path)
-    r = subprocess.run([sys.executable, "-m", "morphonnx", "prune", str(onnx_path), "--masks", str(masks_path),
-                        "-o", str(out / "pruned.onnx")], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"morphonnx prune failed: {r.stderr.strip()}")
-    return next(line for line in r.stdout.splitlines() if line.startswith("check:"))
+    stdout = morphonnx_cli("prune", str(onnx_path), "--masks", str(masks_path), "-o", str(out / "pruned.onnx"))
+    checked = next(line for line in stdout.splitlines() if line.startswith("check:"))
+    morphonnx_cli("expand", str(onnx_path), "--masks", str(masks_path), "--budget", str(budget),
+                  "--resource", "macs", "--json", str(out / "expanded.json"))
+    grown = json.loads((out / "expanded.json").read_text())
+    widths = by_block({s["weight"]: s["expanded"] for s in grown["sources"]})
+    return checked, {"widths": widths, "macs": int(grown["cost"]), "multiplier": grown["multiplier"]}
 
 
 def plot(rows: list[dict], seed_row: dict, path: Path, seeds: int) -> None:
@@ -260,14 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         widths = learned_widths(reg)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                checked = prune_with_cli(model, reg, Path(tmp))
+                checked, expanded = prune_and_expand(model, reg, seed_macs, Path(tmp))
         except RuntimeError as e:  # a strength that kills a whole layer leaves no network to retrain
             print(f"strength {strength:g}: {e}; skipped", flush=True)
             continue
         budget = macs(widths)
         accs = retrain(widths, train_set, test_set, args.epochs, args.seeds)
         rows.append({"kind": "morphnet", "strength": strength, "widths": widths, "macs": budget, "accs": accs,
-                     **spread(accs), "prune": checked})
+                     **spread(accs), "prune": checked, "expanded": expanded})
         uw, um = uniform_at(budget, seed_widths)
         uaccs = retrain(uw, train_set, test_set, args.epochs, args.seeds)
         rows.append({"kind": "uniform", "budget": budget, "widths": uw, "macs": um, "accs": uaccs,
@@ -279,32 +291,41 @@ def main(argv: list[str] | None = None) -> int:
     learned = [r for r in rows if r["kind"] == "morphnet"]
     if args.cycle_from is None:
         args.cycle_from = min(range(len(learned)), key=lambda i: abs(learned[i]["macs"] / seed_macs - 0.5))
-    widths = learned[args.cycle_from]["widths"]
+    widths, expanded = learned[args.cycle_from]["widths"], learned[args.cycle_from]["expanded"]
     for cycle in range(1, args.cycles + 1):
-        grown, grown_macs, w = expand_to(widths, seed_macs)
+        grown = expanded["widths"]
         accs = retrain(grown, train_set, test_set, args.epochs, args.seeds)
-        cycles.append({"kind": f"cycle{cycle}", "from": widths, "widths": grown, "multiplier": w, "macs": grown_macs,
-                       "accs": accs, **spread(accs)})
-        print(f"cycle {cycle}: {widths} x {w:.3f} -> {grown}, {grown_macs / 1e6:.3f} M MACs, accuracy "
-              f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}", flush=True)
-        if cycle < args.cycles:  # shrink the expanded network again
+        cycles.append({"kind": f"cycle{cycle}", "from": widths, **expanded, "accs": accs, **spread(accs)})
+        print(f"cycle {cycle}: {widths} x {expanded['multiplier']:.3f} -> {grown}, {expanded['macs'] / 1e6:.3f} M "
+              f"MACs, accuracy {100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}", flush=True)
+        if cycle < args.cycles:  # shrink the expanded network again, expand it back to the seed's MACs
             model = fresh(grown, 0)
             reg = Regularizer(model, EXAMPLE, resource="flops", threshold=args.threshold)
             train(model, train_set, args.epochs, 0, reg, strengths[args.cycle_from])
             widths = learned_widths(reg)
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    expanded = prune_and_expand(model, reg, seed_macs, Path(tmp))[1]
+            except RuntimeError as e:
+                print(f"cycle {cycle + 1}: {e}; stopped", flush=True)
+                break
     rows += cycles
+    for r in rows:
+        r.update(versus(r["accs"], seed_accs))
     (args.out / "results.json").write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
                                                        | {"lr": LR, "weight_decay": WEIGHT_DECAY},
                                                        "seed": seed_row, "rows": rows}, indent=1))
-    lines = [f"| network | widths (stem, b1, down, t1, t2r, t2) | MACs | vs seed | accuracy ({args.seeds} seeds) |",
-             "|---|---|---:|---:|---:|",
+    lines = [f"| network | widths (stem, b1, down, t1, t2r, t2) | MACs | vs seed | accuracy ({args.seeds} seeds) "
+             "| Δ vs seed ± SE |",
+             "|---|---|---:|---:|---:|---:|",
              f"| seed | {', '.join(str(v) for v in seed_widths.values())} | {seed_macs / 1e6:.3f} M | 100% | "
-             f"{100 * seed_row['acc_mean']:.2f} ± {100 * seed_row['acc_std']:.2f} |"]
+             f"{100 * seed_row['acc_mean']:.2f} ± {100 * seed_row['acc_std']:.2f} | |"]
     for r in rows:
         name = {"morphnet": f"MorphNet λ={r.get('strength', 0):g}", "uniform": "uniform multiplier"}.get(
             r["kind"], f"{r['kind']}: expanded x{r.get('multiplier', 1):.2f}")
         lines.append(f"| {name} | {', '.join(str(v) for v in r['widths'].values())} | {r['macs'] / 1e6:.3f} M | "
-                     f"{r['macs'] / seed_macs:.0%} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} |")
+                     f"{r['macs'] / seed_macs:.0%} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} | "
+                     f"{100 * r['delta_vs_seed']:+.2f} ± {100 * r['delta_se']:.2f} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     plot(rows, seed_row, args.out / "accuracy_vs_macs.png", args.seeds)
     print("\n".join(lines))
