@@ -5,7 +5,7 @@
 2. Train it again with MorphNet's FLOP penalty (morphonnx.torch.Regularizer) at several strengths.
 3. Export each penalized model to ONNX, `morphonnx prune` it with the learned masks (checked
    against the oracle) and `morphonnx expand` them back to the seed's MACs; read the widths.
-4. Retrain every learned structure from scratch (5 seeds), and the uniform width-multiplier
+4. Retrain every learned structure from scratch (--seeds, default 5), and the uniform width-multiplier
    baseline at the same MACs (MorphNet's central comparison).
 5. The full cycle (with --cycles): expand the learned structure by one width multiplier back
    to the seed's MACs, retrain it; train that with the penalty again, shrink, expand, retrain
