@@ -85,10 +85,6 @@ def own_bn(graph: Graph, tensor: str) -> str | None:
     return users[0] if len(users) == 1 and graph.nodes[users[0]].op_type == "BatchNormalization" else None
 
 
-def _has_own_bn(graph: Graph, tensor: str) -> bool:
-    return own_bn(graph, tensor) is not None
-
-
 def _bias_add(groups: Groups, tensor: str) -> tuple[str, int] | None:
     """(node, input) of the bias of a MatMul source: the Add of a per-channel constant that alone
     follows it (a Linear exported as MatMul + Add); its entries are the source's bias entries."""
@@ -147,7 +143,7 @@ def oracle_model(groups: Groups, masks: Masks) -> Oracle:
     values: dict[tuple[str, int], np.ndarray] = {}
     for s in plan.sources:
         dead = removed.get(s.tensor)
-        if dead is None or (s.kind == "weight" and _has_own_bn(graph, s.tensor)):
+        if dead is None or (s.kind == "weight" and own_bn(graph, s.tensor) is not None):
             continue
         node = graph.nodes[s.node]
         wanted = [sl for sl in plan.slicings.get(s.node, []) if sl.tensor == s.tensor]
@@ -294,7 +290,7 @@ def zero_when_silenced(groups: Groups, masks: Masks) -> set[str]:
     """
     graph, plan = groups.graph, groups.plan
     zero: set[str] = set()
-    sourced = {s.tensor for s in plan.sources if s.kind == "weight" and not _has_own_bn(graph, s.tensor)
+    sourced = {s.tensor for s in plan.sources if s.kind == "weight" and own_bn(graph, s.tensor) is None
                and not np.any(masks.silenced.get(s.node, 0))}
     sourced |= {graph.nodes[b[0]].output[0] for s in plan.sources if s.op_type == "MatMul"
                 for b in [_bias_add(groups, s.tensor)] if b is not None}

@@ -162,6 +162,10 @@ def spread(accs: list[float]) -> dict[str, float]:
     return {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))}
 
 
+def pct(accs: list[float]) -> str:
+    return f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}"
+
+
 def versus(accs: list[float], seed_accs: list[float]) -> dict[str, float]:
     """Mean accuracy minus the seed's, with the standard error of that difference."""
     var = lambda a: np.var(a, ddof=1) / len(a) if len(a) > 1 else np.nan  # one training has no spread
@@ -202,6 +206,18 @@ def prune_and_expand(model: nn.Module, reg: Regularizer, budget: int, out: Path)
     grown = json.loads((out / "expanded.json").read_text())
     widths = by_block({s["weight"]: s["expanded"] for s in grown["sources"]})
     return checked, {"widths": widths, "macs": int(grown["cost"]), "multiplier": grown["multiplier"]}
+
+
+def shrink(widths: dict[str, int], strength: float, train_set, epochs: int, threshold: float,
+           budget: int) -> tuple[dict[str, int], str, dict]:
+    """Train a fresh net of these widths with the FLOP penalty; return its learned widths, prune's
+    check line and the expansion to the budget. RuntimeError when the masks kill a whole layer."""
+    model = fresh(widths, 0)
+    reg = Regularizer(model, EXAMPLE, resource="flops", threshold=threshold)
+    train(model, train_set, epochs, 0, reg, strength)
+    with tempfile.TemporaryDirectory() as tmp:
+        checked, expanded = prune_and_expand(model, reg, budget, Path(tmp))
+    return learned_widths(reg), checked, expanded
 
 
 def plot(rows: list[dict], seed_row: dict, path: Path, seeds: int) -> None:
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_accs = retrain(seed_widths, train_set, test_set, args.epochs, args.seeds)
     seed_row = {"kind": "seed", "widths": seed_widths, "macs": seed_macs, "accs": seed_accs,
                 **spread(seed_accs)}
-    print(f"seed: {seed_macs / 1e6:.3f} M MACs, accuracy {100 * np.mean(seed_accs):.2f} ± {100 * np.std(seed_accs):.2f}")
+    print(f"seed: {seed_macs / 1e6:.3f} M MACs, accuracy {pct(seed_accs)}")
     if args.write_default_model:
         import onnx
         model = train(fresh(seed_widths, 0), train_set, args.epochs, 0)
@@ -266,13 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     strengths = [float(s) for s in args.strengths.split(",")]
     for strength in strengths:
-        model = fresh(seed_widths, 0)
-        reg = Regularizer(model, EXAMPLE, resource="flops", threshold=args.threshold)
-        train(model, train_set, args.epochs, 0, reg, strength)
-        widths = learned_widths(reg)
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                checked, expanded = prune_and_expand(model, reg, seed_macs, Path(tmp))
+            widths, checked, expanded = shrink(seed_widths, strength, train_set, args.epochs, args.threshold,
+                                               seed_macs)
         except RuntimeError as e:  # a strength that kills a whole layer leaves no network to retrain
             print(f"strength {strength:g}: {e}; skipped", flush=True)
             continue
@@ -285,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"kind": "uniform", "budget": budget, "widths": uw, "macs": um, "accs": uaccs,
                      **spread(uaccs)})
         print(f"strength {strength:g}: widths {widths}, {budget / 1e6:.3f} M MACs ({budget / seed_macs:.0%} of the "
-              f"seed), accuracy {100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}; uniform at {um / 1e6:.3f} M: "
-              f"{100 * np.mean(uaccs):.2f} ± {100 * np.std(uaccs):.2f}  [{checked}]", flush=True)
+              f"seed), accuracy {pct(accs)}; uniform at {um / 1e6:.3f} M: {pct(uaccs)}  [{checked}]", flush=True)
     cycles = []
     learned = [r for r in rows if r["kind"] == "morphnet"]
     if args.cycle_from is None:
@@ -297,15 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         accs = retrain(grown, train_set, test_set, args.epochs, args.seeds)
         cycles.append({"kind": f"cycle{cycle}", "from": widths, **expanded, "accs": accs, **spread(accs)})
         print(f"cycle {cycle}: {widths} x {expanded['multiplier']:.3f} -> {grown}, {expanded['macs'] / 1e6:.3f} M "
-              f"MACs, accuracy {100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f}", flush=True)
+              f"MACs, accuracy {pct(accs)}", flush=True)
         if cycle < args.cycles:  # shrink the expanded network again, expand it back to the seed's MACs
-            model = fresh(grown, 0)
-            reg = Regularizer(model, EXAMPLE, resource="flops", threshold=args.threshold)
-            train(model, train_set, args.epochs, 0, reg, strengths[args.cycle_from])
-            widths = learned_widths(reg)
             try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    expanded = prune_and_expand(model, reg, seed_macs, Path(tmp))[1]
+                widths, _, expanded = shrink(grown, strengths[args.cycle_from], train_set, args.epochs,
+                                             args.threshold, seed_macs)
             except RuntimeError as e:
                 print(f"cycle {cycle + 1}: {e}; stopped", flush=True)
                 break
