@@ -10,7 +10,7 @@ Public API:
     legalize(groups, masks, multiple=1) -> Masks
     prune(groups, masks) -> PruneResult (.model, .oracle, .folds, .notes)
     check(graph, oracle, pruned_model) -> Check
-    save_model(model, path, external=False)
+    Outputs(inputs): stage outputs (.text, .model) and commit them together; write_model(model, path, data_name)
     DEFAULT_MODEL: the bundled default model, a CNN trained on digits (BN kept; scripts/morphnet_digits.py)
 """
 from __future__ import annotations
@@ -24,12 +24,14 @@ from .groups import Group, Groups, find_groups
 from .masks import Masks, legalize, masks_from_sources, masks_from_threshold, read_masks_file
 from .profiles import Profile, available_profiles, load_profile
 from .report import Analysis, analyze
-from .rewrite import Check, PruneResult, check, prune, save_model
+from .output import Outputs, write_model
+from .rewrite import PruneResult, prune
+from .verify import Check, check
 
 __version__ = "0.1.0"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "digits_cnn.onnx"
 
 __all__ = ["Analysis", "BadInput", "Check", "CostModel", "DEFAULT_MODEL", "Graph", "Group", "Groups", "Masks",
-           "OpCost", "Profile", "PruneResult", "analyze", "available_profiles", "check", "cost_model", "find_groups",
+           "OpCost", "Outputs", "Profile", "PruneResult", "analyze", "available_profiles", "check", "cost_model", "find_groups",
            "legalize", "load", "load_profile", "masks_from_sources", "masks_from_threshold", "prune",
-           "read_masks_file", "save_model"]
+           "read_masks_file", "write_model"]

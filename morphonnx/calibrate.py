@@ -209,7 +209,8 @@ def random_variants(model, n: int, seed: int = 0, multiple: int = 1):
     from .graph import load
     from .groups import find_groups
     from .masks import all_alive, legalize
-    from .rewrite import prune, random_inputs
+    from .oracle import random_inputs
+    from .rewrite import prune
     from .costs import cost_model
     graph = load(model)
     groups = find_groups(graph)

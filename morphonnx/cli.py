@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-import numpy as np
-import onnx
 from typing import Sequence
 
 from . import __version__
 from .errors import BadInput
 from .graph import parse_input_shape
-from .io import atomic_write_text
+from .output import Outputs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,19 +43,31 @@ def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """MACs, FLOPs, parameters, bytes and roofline latency per op and in total."""
     from .report import analyze
-    result = analyze(args.model, args.profile, batch=args.batch, input_shapes=_shapes(args))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=1))
-    print(result.format_table(top=args.top, per_op=args.per_op))
-    if args.json:
-        print(f"\nwrote {args.json}")
+    with Outputs([args.model, *args.profile]) as out:
+        out.claim(args.json)
+        result = analyze(args.model, args.profile, batch=args.batch, input_shapes=_shapes(args))
+        if args.json:
+            out.text(args.json, json.dumps(result.to_dict(), indent=1))
+        if args.json != "-":
+            print(result.format_table(top=args.top, per_op=args.per_op))
+        _finish(out, args.json)
     return 0
 
 
-def _groups(args: argparse.Namespace):
+def _finish(out: Outputs, *announce: str | None) -> None:
+    """Commit the command's outputs, then say which files were written."""
+    out.commit()
+    for path in announce:
+        if path and path != "-":
+            print(f"wrote {path}")
+
+
+def _groups(args: argparse.Namespace, out: Outputs | None = None):
     from .graph import load
     from .groups import find_groups
     graph = load(args.model, batch=args.batch, input_shapes=_shapes(args))
+    if out is not None:
+        out.add_inputs(graph.external_files())
     return graph, find_groups(graph)
 
 
@@ -64,14 +75,16 @@ def cmd_groups(args: argparse.Namespace) -> int:
     """Channel groups: which channels live or die together, what one channel costs, what is pinned."""
     from .groups import add_latency_per_channel, format_groups
     from .profiles import load_profile
-    _, groups = _groups(args)
-    for name in args.profile:
-        add_latency_per_channel(groups, load_profile(name))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(groups.to_dict(), indent=1))
-    print(format_groups(groups, top=args.top))
-    if args.json:
-        print(f"\nwrote {args.json}")
+    with Outputs([args.model, *args.profile]) as out:
+        out.claim(args.json)
+        _, groups = _groups(args, out)
+        for name in args.profile:
+            add_latency_per_channel(groups, load_profile(name))
+        if args.json:
+            out.text(args.json, json.dumps(groups.to_dict(), indent=1))
+        if args.json != "-":
+            print(format_groups(groups, top=args.top))
+        _finish(out, args.json)
     return 0
 
 
@@ -93,68 +106,92 @@ def cmd_structure(args: argparse.Namespace) -> int:
     """Alive channels per layer after masks and topology morphing (MorphNet's structure export)."""
     from .rewrite import prune
     from .structure import format_structure, structure
-    _, groups = _groups(args)
-    doc = structure(prune(groups, _masks(args, groups)))
-    doc["model"] = str(args.model)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(doc, indent=1))
-    print(format_structure(doc, top=args.top))
-    if args.json:
-        print(f"\nwrote {args.json}")
+    with Outputs([args.model, args.masks]) as out:
+        out.claim(args.json)
+        _, groups = _groups(args, out)
+        doc = structure(prune(groups, _masks(args, groups)))
+        doc["model"] = str(args.model)
+        if args.json:
+            out.text(args.json, json.dumps(doc, indent=1))
+        if args.json != "-":
+            print(format_structure(doc, top=args.top))
+        _finish(out, args.json)
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """Rewrite the model with masks, fold removed channels' constants, verify against the oracle."""
+    """Rewrite the model with masks, fold removed channels' constants, write the pruned model and
+    verify that file, reopened from disk, against the oracle."""
     from .report import human
-    from .rewrite import channel_counts, check, prune, save_model, summarize, uses_external_data
-    graph, groups = _groups(args)
-    result = prune(groups, _masks(args, groups))
-    for w in result.masks.warnings + result.notes:
-        print(f"warning: {w}", file=sys.stderr)
-    costs = summarize(graph, result.model)
-    ch = channel_counts(groups, result.masks)
-    print(f"MACs     {human(costs['macs'][0]):>10s} -> {human(costs['macs'][1]):>10s}  "
-          f"({100 * costs['macs'][1] / max(1, costs['macs'][0]):.1f}%)")
-    print(f"params   {human(costs['params'][0]):>10s} -> {human(costs['params'][1]):>10s}  "
-          f"({100 * costs['params'][1] / max(1, costs['params'][0]):.1f}%)")
-    print(f"channels {ch[0]:>10d} -> {ch[1]:>10d}  (outputs of Conv/Gemm/MatMul)")
-    if costs["folded_constant_values"]:
-        print(f"bias maps {human(costs['folded_constant_values']):>9s} constant values (not counted as params)")
-    print(f"nodes    {len(graph.nodes):>10d} -> {len(result.model.graph.node):>10d}")
-    _print_topology(groups, result, args.verbose)
-    kinds = {k: list(result.folds.values()).count(k) for k in sorted(set(result.folds.values()))}
-    if kinds:
-        print("folded constants of removed channels: " + ", ".join(f"{v} into a {k}" for k, v in kinds.items()))
-    if not args.no_check:
-        c = check(graph, result.oracle, result.model)
-        print(f"check: onnx checker {c.checker}; max abs error vs oracle {c.max_abs_error:.3g} "
-              f"= {c.relative:.2e} x max|output| (tolerance {c.tolerance:g})")
-        if not c.ok:
-            print(f"morphonnx: the pruned model fails the equivalence check; {args.output} not written",
-                  file=sys.stderr)
-            return 1
-    save_model(result.model, args.output, external=uses_external_data(graph))
-    print(f"wrote {args.output}")
-    return 0
+    from .rewrite import channel_counts, prune, summarize
+    from .verify import check
+    with Outputs([args.model, args.masks]) as out:
+        out.claim(args.output, stdout=False, companions=[args.output and os.path.basename(args.output) + ".data"])
+        out.claim(args.json)
+        graph, groups = _groups(args, out)
+        result = prune(groups, _masks(args, groups))
+        for w in result.masks.warnings + result.notes:
+            print(f"warning: {w}", file=sys.stderr)
+        costs = summarize(graph, result.model)
+        ch = channel_counts(groups, result.masks)
+        say = print if args.json != "-" else (lambda *a, **k: print(*a, **k, file=sys.stderr))
+        say(f"MACs     {human(costs['macs'][0]):>10s} -> {human(costs['macs'][1]):>10s}  "
+            f"({100 * costs['macs'][1] / max(1, costs['macs'][0]):.1f}%)")
+        say(f"params   {human(costs['params'][0]):>10s} -> {human(costs['params'][1]):>10s}  "
+            f"({100 * costs['params'][1] / max(1, costs['params'][0]):.1f}%)")
+        say(f"channels {ch[0]:>10d} -> {ch[1]:>10d}  (outputs of Conv/Gemm/MatMul)")
+        if costs["folded_constant_values"]:
+            say(f"bias maps {human(costs['folded_constant_values']):>9s} constant values (not counted as params)")
+        say(f"nodes    {len(graph.nodes):>10d} -> {len(result.model.graph.node):>10d}")
+        _print_topology(groups, result, args.verbose, say)
+        kinds = {k: list(result.folds.values()).count(k) for k in sorted(set(result.folds.values()))}
+        if kinds:
+            say("folded constants of removed channels: " + ", ".join(f"{v} into a {k}" for k, v in kinds.items()))
+        staged = out.model(args.output, result.model, external=bool(graph.external_files()))
+        summary = {"schema_version": 1, "model": str(args.model), "output": args.output, "macs": costs["macs"],
+                   "params": costs["params"], "folded_constant_values": costs["folded_constant_values"],
+                   "channels": list(ch), "nodes": [len(graph.nodes), len(result.model.graph.node)],
+                   "removed_layers": result.removed_layers(), "folds": result.folds,
+                   "warnings": result.masks.warnings + result.notes, "check": None}
+        code = 0
+        if not args.no_check:
+            c = check(graph, result.oracle, staged)
+            c.file = args.output
+            say(c.describe())
+            for note in c.notes:
+                say(f"  {note}")
+            summary["check"] = {"ok": c.ok, "file": args.output, "checker": c.checker,
+                                "max_abs_error": c.max_abs_error, "max_abs_value": c.max_abs_output,
+                                "relative": c.relative, "tolerance": c.tolerance, "intermediates": c.compared,
+                                "notes": c.notes}
+            if not c.ok:
+                print(f"morphonnx: the pruned model fails the equivalence check; {args.output} not written",
+                      file=sys.stderr)
+                out.discard()
+                out.claim(args.json)
+                code = 1
+        if args.json:
+            out.text(args.json, json.dumps(summary, indent=1))
+        _finish(out, *(() if code else (args.output,)), args.json)
+    return code
 
 
-def _print_topology(groups, result, verbose: bool) -> None:
+def _print_topology(groups, result, verbose: bool, say=print) -> None:
     weight = {s.node: s.weight or s.node for s in groups.plan.sources if s.kind == "weight"}
     layers = [weight[n] for n in result.removed_layers() if n in weight]
     if layers:
         shown = layers if verbose else layers[:8]
-        print(f"removed {len(layers)} layers: " + ", ".join(shown) + (" ..." if len(shown) < len(layers) else ""))
+        say(f"removed {len(layers)} layers: " + ", ".join(shown) + (" ..." if len(shown) < len(layers) else ""))
     if result.dropped:
-        print(f"removed {len(result.dropped)} concat inputs (towers, dense layers): " +
+        say(f"removed {len(result.dropped)} concat inputs (towers, dense layers): " +
               ", ".join(f"{t} from {n}" for n, t in result.dropped[: None if verbose else 6]) +
               (" ..." if not verbose and len(result.dropped) > 6 else ""))
     if result.morphed:
-        print(f"{len(result.morphed)} dead branches became constants:")
+        say(f"{len(result.morphed)} dead branches became constants:")
         for line in result.morphed[: None if verbose else 6]:
-            print(f"  {line}")
+            say(f"  {line}")
         if not verbose and len(result.morphed) > 6:
-            print(f"  ... {len(result.morphed) - 6} more (--verbose)")
+            say(f"  ... {len(result.morphed) - 6} more (--verbose)")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -162,33 +199,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
     if not args.profile:
         raise BadInput("compare: give at least one --profile")
-    result = compare(args.models, args.profile, batch=args.batch, input_shapes=_shapes(args))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=1))
-    if args.plot:
-        _plot_atomically(result, args.plot)
-    print(result.format_table(top=args.top))
-    for what in (args.json, args.plot):
-        if what:
-            print(f"wrote {what}")
+    suffix = os.path.splitext(args.plot or "")[1].lower()
+    if args.plot and suffix not in (".png", ".svg", ".pdf"):
+        raise BadInput(f"--plot {args.plot}: give a .png, .svg or .pdf file name")
+    with Outputs([*args.models, *args.profile]) as out:
+        out.claim(args.json)
+        out.claim(args.plot, stdout=False)
+        result = compare(args.models, args.profile, batch=args.batch, input_shapes=_shapes(args))
+        if args.json:
+            out.text(args.json, json.dumps(result.to_dict(), indent=1))
+        if args.plot:
+            out.file(args.plot, result.plot, suffix)
+        if args.json != "-":
+            print(result.format_table(top=args.top))
+        _finish(out, args.json, args.plot)
     return 0
-
-
-def _plot_atomically(result, path: str) -> None:
-    import os
-    import tempfile
-    from pathlib import Path
-    target = Path(path)
-    if target.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise BadInput(f"--plot {path}: give a .png, .svg or .pdf file name")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent or ".")
-    os.close(fd)
-    try:
-        result.plot(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -196,33 +221,47 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate, fit_on_models, progress_printer
     from .profiles import load_profile
     say = progress_printer()
-    profile = calibrate(quick=args.quick, progress=say)
-    if args.fit:
-        profile = fit_on_models(profile, args.fit, args.variants, progress=say)
-    atomic_write_text(args.out, profile.to_yaml())
-    checked = load_profile(args.out)
-    print(f"peak {checked.peak_gflops['fp32']:g} GFLOP/s fp32, bandwidth {checked.bandwidth_gbs:g} GB/s, "
-          f"{checked.op_overhead_us:g} us per op, {checked.run_overhead_us:g} us per run")
-    if checked.efficiency:
-        print("fitted efficiency: " + ", ".join(f"{k} {v:g}" for k, v in checked.efficiency.items()))
+    with Outputs(args.fit) as out:
+        out.claim(args.out, stdout=False)
+        profile = calibrate(quick=args.quick, progress=say)
+        if args.fit:
+            profile = fit_on_models(profile, args.fit, args.variants, progress=say)
+        staged = out.text(args.out, profile.to_yaml())
+        checked = load_profile(staged) if staged is not None else profile
+        print(f"peak {checked.peak_gflops['fp32']:g} GFLOP/s fp32, bandwidth {checked.bandwidth_gbs:g} GB/s, "
+              f"{checked.op_overhead_us:g} us per op, {checked.run_overhead_us:g} us per run")
+        if checked.efficiency:
+            print("fitted efficiency: " + ", ".join(f"{k} {v:g}" for k, v in checked.efficiency.items()))
+        out.commit()
     print(f"wrote {args.out} (use it with --profile {args.out})")
     return 0
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
     """Grow the (shrunk) structure by one width multiplier until the budget is reached."""
+    if args.structure is not None:
+        if args.masks is not None:
+            raise BadInput("expand: give one of --masks, --structure and --threshold")
+        args.masks = args.structure
+    with Outputs([args.model, args.masks, args.profile]) as out:
+        out.claim(args.json)
+        out.claim(args.output, stdout=False, companions=[args.output and os.path.basename(args.output) + ".data"])
+        return _expand(args, out)
+
+
+def _expand(args: argparse.Namespace, out: Outputs) -> int:
+    import numpy as np
+
+    from .grow import grow
+    from .report import human
+    from .rewrite import prune
+    from .verify import check_runs
     from .expand import alive_widths, carry_widths, parse_budget, search, source_widths
     from .graph import load
     from .groups import find_groups
     from .penalty import compile_program
     from .profiles import load_profile
-    from .report import human
-    from .rewrite import grow, prune, save_model
-    if args.structure is not None:
-        if args.masks is not None:
-            raise BadInput("expand: give one of --masks, --structure and --threshold")
-        args.masks = args.structure
-    graph, groups = _groups(args)
+    graph, groups = _groups(args, out)
     masks = _masks(args, groups)
     profile = load_profile(args.profile) if args.profile else None
     if args.resource == "latency" and profile is None:
@@ -251,14 +290,20 @@ def cmd_expand(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{(r['weight'] or r['node'])[-44:]:44s} {r['original']:8d} {r['shrunk']:7d} {r['expanded']:8d}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(doc, indent=1))
-        print(f"wrote {args.json}")
+        out.text(args.json, json.dumps(doc, indent=1))
     if args.output:
         pruned_groups = find_groups(load(result.model))
         target = carry_widths(groups, pruned_groups, e.widths)
         model = grow(pruned_groups, target)
-        onnx.checker.check_model(model, full_check=True)
-        save_model(model, args.output)
+        staged = out.model(args.output, model, external=bool(graph.external_files()))
+        c = check_runs(graph, staged)
+        c.file = args.output
+        print(c.describe())
+        if not c.ok:
+            print(f"morphonnx: the expanded model does not pass; {args.output} not written", file=sys.stderr)
+            return 1
+    _finish(out, args.json)
+    if args.output:
         print(f"wrote {args.output} (kept channels carry their weights, new ones are freshly initialized)")
     return 0
 
@@ -304,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_.add_argument("-o", "--output", required=True, help="pruned ONNX model to write")
     _add_mask_options(p_)
     p_.add_argument("--no-check", action="store_true", help="skip the checker and the equivalence check")
+    p_.add_argument("--json", metavar="OUT", help="write a summary (costs, removed layers, folds, check) as JSON; - for stdout")
     p_.add_argument("--verbose", action="store_true", help="list every removed layer and branch")
     _add_shape_options(p_)
     p_.set_defaults(func=cmd_prune)

@@ -141,6 +141,12 @@ class Graph:
         """Node names in a topological order (file order when the file is already sorted)."""
         return list(nx.topological_sort(self.nx))
 
+    def external_files(self) -> list[Path]:
+        """The external data files the model reads."""
+        files = {e.value for t in self.initializers.values() if t.data_location == TensorProto.EXTERNAL
+                 for e in t.external_data if e.key == "location"}
+        return [self.base_dir / f for f in sorted(files)] if self.base_dir is not None else []
+
     @property
     def opset(self) -> int:
         """The default-domain opset version."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rewrite import PruneResult, own_bn, removed_by_tensor
+from .oracle import own_bn, removed_by_tensor
+from .rewrite import PruneResult
 
 
 def structure(result: PruneResult) -> dict:

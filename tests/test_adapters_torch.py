@@ -13,7 +13,8 @@ torchvision = pytest.importorskip("torchvision")
 
 import morphonnx  # noqa: E402
 from morphonnx.masks import apply_silenced, legalize, masks_from_sources  # noqa: E402
-from morphonnx.rewrite import check, prune  # noqa: E402
+from morphonnx.rewrite import prune  # noqa: E402
+from morphonnx.verify import check  # noqa: E402
 from morphonnx.torch import Regularizer  # noqa: E402
 
 
@@ -133,7 +134,7 @@ def test_masks_prune_the_bn_folded_export(tmp_path):
             dead = torch.as_tensor((where >= 0) & (slots[np.maximum(where, 0)] <= reg.threshold))
             params[name][dead] = 0
         expected = model(x).numpy()
-    from morphonnx.rewrite import session
+    from morphonnx.oracle import session
     got = session(result.model).run(None, {g.inputs[0]: x.numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
     assert morphonnx.cost_model(morphonnx.load(result.model)).total("flops") < 0.9 * morphonnx.cost_model(g).total("flops")
@@ -158,7 +159,7 @@ def test_export_keeps_the_true_bn_values():
     assert np.array_equal(inits["layer1.0.bn1.bias"], np.zeros(64, np.float32))
     assert float(model.layer1[0].bn1.weight[0]) == 1.0
     x = torch.randn(1, 3, 64, 64)
-    from morphonnx.rewrite import session
+    from morphonnx.oracle import session
     got = session(proto).run(None, {proto.graph.input[0].name: x.numpy()})[0]
     assert np.abs(got - model.eval()(x).detach().numpy()).max() < 1e-4
 
@@ -188,7 +189,7 @@ def test_apply_structure_shrink_equals_the_pruned_folded_export(tmp_path):
     small = apply_structure(model, (x,), masks=masks)
     assert small.layer1[0].conv1.out_channels < 64 and small.fc.out_features == 1000
     pruned = prune(gr, legalize(gr, masks_from_sources(gr, masks))).model
-    from morphonnx.rewrite import session
+    from morphonnx.oracle import session
     want = session(pruned).run(None, {g.inputs[0]: x.numpy()})[0]
     with torch.no_grad():
         got = small(x).numpy()

@@ -125,7 +125,7 @@ def test_prune_with_masks_file_and_threshold(tmp_path, capsys):
     out = tmp_path / "pruned.onnx"
     assert main(["prune", str(SMALL_CNN), "-o", str(out), "--masks", str(masks)]) == 0
     text = capsys.readouterr().out
-    assert "check: onnx checker passed" in text and "MACs" in text and out.exists()
+    assert "(reopened from disk): onnx full checker passed" in text and "MACs" in text and out.exists()
     pruned = onnx.load(str(out))
     w = {t.name: t for t in pruned.graph.initializer}
     assert list(w["block1.a.conv.weight"].dims) == [8, 16, 3, 3]  # names kept, rows cut
@@ -135,11 +135,12 @@ def test_prune_with_masks_file_and_threshold(tmp_path, capsys):
 
 
 def test_prune_check_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    import morphonnx.rewrite as rewrite
-    monkeypatch.setattr(rewrite, "check", lambda *a, **k: rewrite.Check(False, 1.0, 1.0))
+    import morphonnx.verify as verify
+    monkeypatch.setattr(verify, "check", lambda *a, **k: verify.Check(False, 1.0, 1.0))
     out = tmp_path / "pruned.onnx"
     assert main(["prune", str(SMALL_CNN), "-o", str(out), "--threshold", "0.9"]) == 1
     assert not out.exists() and "fails the equivalence check" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no staged file left behind
     assert main(["prune", str(SMALL_CNN), "-o", str(out), "--threshold", "0.9", "--no-check"]) == 0
     assert out.exists()
 
@@ -174,4 +175,4 @@ def test_the_demo_flow_on_the_default_model(tmp_path, capsys):
     assert main(["prune", str(DEFAULT_MODEL), "--threshold", "0.95", "-o", str(pruned)]) == 0
     assert main(["compare", str(DEFAULT_MODEL), str(pruned), "--profile", "v100"]) == 0
     out = capsys.readouterr().out
-    assert "check: onnx checker passed" in out and "speedup of model 1: v100" in out
+    assert "onnx full checker passed" in out and "speedup of model 1: v100" in out

@@ -11,7 +11,8 @@ from morphonnx.cli import main
 from morphonnx.expand import alive_widths, parse_budget, search
 from morphonnx.masks import all_alive
 from morphonnx.penalty import compile_program
-from morphonnx.rewrite import grow, random_inputs, session
+from morphonnx.grow import grow
+from morphonnx.oracle import random_inputs, session
 
 from conftest import SMALL_CNN, export_zoo
 

@@ -8,7 +8,9 @@ import pytest
 import morphonnx
 from morphonnx.groups import find_groups
 from morphonnx.masks import all_alive, masks_from_sources
-from morphonnx.rewrite import check, prune, save_model
+from morphonnx.rewrite import prune
+from morphonnx.output import Outputs
+from morphonnx.verify import check
 
 from conftest import Net, export_zoo, random_masks
 
@@ -56,10 +58,11 @@ def test_external_data_is_kept(tmp_path):
     g = morphonnx.load(tmp_path / "m.onnx")
     gr = find_groups(g)
     result = prune(gr, random_masks(gr, 0))
-    from morphonnx.rewrite import uses_external_data
-    save_model(result.model, tmp_path / "out.onnx", external=uses_external_data(g))
+    with Outputs([tmp_path / "m.onnx", *g.external_files()]) as out:
+        out.model(tmp_path / "out.onnx", result.model, external=bool(g.external_files()))
+        out.commit()
     assert (tmp_path / "out.onnx.data").exists()
-    assert check(g, result.oracle, onnx.load(str(tmp_path / "out.onnx"))).ok
+    assert check(g, result.oracle, tmp_path / "out.onnx").ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "out.onnx", "out.onnx.data"]
 
 

@@ -9,7 +9,8 @@ import morphonnx
 from morphonnx import BadInput
 from morphonnx.groups import find_groups
 from morphonnx.masks import all_alive, legalize, masks_from_sources
-from morphonnx.rewrite import check, prune
+from morphonnx.rewrite import prune
+from morphonnx.verify import check
 
 from conftest import Net
 

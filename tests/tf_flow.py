@@ -11,7 +11,8 @@ import tensorflow as tf
 
 import morphonnx
 from morphonnx.masks import legalize, masks_from_sources
-from morphonnx.rewrite import check, prune
+from morphonnx.rewrite import prune
+from morphonnx.verify import check
 
 
 def small_cnn():

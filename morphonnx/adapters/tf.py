@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from ..graph import load
 from ..groups import find_groups
-from ..io import atomic_write_text
+from ..output import write_text
 from ..penalty import GammaRegularizer, compile_program
 from ..profiles import Profile, load_profile
 
@@ -118,4 +118,4 @@ class Regularizer(GammaRegularizer):
 
     def save_masks(self, path: str | os.PathLike) -> None:
         """Write the masks file `morphonnx prune --masks` reads, for the tf2onnx export."""
-        atomic_write_text(path, json.dumps({"masks": self.alive_masks()}))
+        write_text(path, json.dumps({"masks": self.alive_masks()}))

@@ -24,9 +24,9 @@ import torch
 
 from ..graph import load
 from ..groups import find_groups
-from ..io import atomic_write_text
+from ..output import write_text
 from ..penalty import GammaRegularizer, compile_program
-from ..rewrite import own_bn
+from ..oracle import own_bn
 from ..profiles import Profile, load_profile
 
 
@@ -163,7 +163,7 @@ class Regularizer(GammaRegularizer):
 
     def save_masks(self, path: str | os.PathLike) -> None:
         """Write the masks file `morphonnx prune --masks` reads (it also applies to the BN-folded export)."""
-        atomic_write_text(path, json.dumps({"masks": self.alive_masks(), "silenced": self.silenced()}))
+        write_text(path, json.dumps({"masks": self.alive_masks(), "silenced": self.silenced()}))
 
 
 def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
@@ -182,7 +182,9 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
     import copy
 
     from ..masks import legalize, masks_from_sources
-    from ..rewrite import _expand, _take_or_init, tensor_order
+    from ..grow import tensor_order
+    from ..oracle import expand_channels as _expand
+    from ..rewrite import take_or_init as _take_or_init
     if (masks is None) == (widths is None):
         raise ValueError("apply_structure: give exactly one of masks and widths")
     graph = load(export_bn_kept(model, example_inputs))
@@ -232,7 +234,7 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
 
 
 def _orders_from_widths(groups, widths: dict[str, int]) -> dict[int, np.ndarray]:
-    from ..rewrite import widened
+    from ..grow import widened
     by_name = {}
     for s in groups.plan.sources:
         by_name[s.node] = s

@@ -1,0 +1,55 @@
+"""Growth: the model with every group at new widths (MorphNet's expand step, written as ONNX)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .errors import BadInput
+from .groups import Groups
+from .rewrite import Rewriter
+from .topology import Morph
+
+
+def grow(groups: Groups, widths: np.ndarray) -> onnx.ModelProto:
+    """The model with every group at `widths` channels: existing channels keep their weights
+    (the first ones, when a group narrows), new ones are freshly initialized (MorphNet retrains
+    the expanded network from scratch; this model is for timing and inspection)."""
+    hooks = [getattr(h, "__qualname__", "") for h in groups.plan.hooks.values()]
+    if any(h.startswith(("_slice_bounds", "_grouped_columns")) for h in hooks):
+        raise BadInput("expand -o: grouped convolutions and Slices of channels cannot be grown yet "
+                       "(the expanded structure can still be written with --json)")
+    order = {g.id: widened(g.size, int(widths[g.id])) for g in groups.groups}
+    kept = {t: idx for t in groups.plan.spaces for idx in [tensor_order(groups, t, order)] if idx is not None}
+    rw = Rewriter(groups, kept, Morph())
+    rw.slice_constants()
+    rw.run_hooks()
+    return rw.export(groups.graph.model)
+
+
+def widened(size: int, width: int) -> np.ndarray:
+    """Group channels of a group resized to `width`: the first ones kept, -1 for each new one."""
+    return np.array(list(range(min(width, size))) + [-1] * max(0, width - size), dtype=np.int64)
+
+
+def tensor_order(groups: Groups, tensor: str, order: dict[int, np.ndarray]) -> np.ndarray | None:
+    """Old channel (or -1 for a new one) at each channel of a tensor, given each group's new
+    order of group channels; None if the tensor does not change.
+
+    The tensor's channels are walked in order, one run per group (a concat holds several);
+    each run is laid out in its group's new order.
+    """
+    eg = groups.element_group[groups.plan.ids(tensor)]
+    out, c, changed = [], 0, False
+    while c < len(eg):
+        gid, start = int(eg[c, 0]), c
+        while c < len(eg) and eg[c, 0] == gid:
+            c += 1
+        size = groups.groups[gid].size
+        by_k: dict[int, list[int]] = {}
+        for ch in range(start, c):
+            by_k.setdefault(int(eg[ch, 1]), []).append(ch)
+        m = max(1, (c - start) // size)
+        for k in order[gid].tolist():
+            out += by_k.get(k, []) if k >= 0 else [-1] * m
+        changed |= not np.array_equal(order[gid], np.arange(size))
+    return np.array(out, dtype=np.int64) if changed else None

@@ -1,0 +1,156 @@
+"""The equivalence check of a rewrite: the pruned model against the oracle of its masks.
+
+The pruned model is checked as the user receives it: given a path, onnx's full checker reads
+that file and onnxruntime (all graph optimizations on) opens it in a fresh session. Every graph
+output is compared, per output, on inputs of several seeds and scales. A comparison of outputs
+that are ~0 or that do not vary with the input proves nothing, so then intermediate tensors
+(the outputs of the layers, restricted to their kept channels) are compared too.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .graph import Graph
+from .oracle import Oracle, random_inputs, session, with_outputs
+
+TINY = 1e-6          # outputs below this are ~0: comparing them proves nothing
+INTERMEDIATES = 32   # at most this many intermediate tensors are compared
+
+
+@dataclass
+class Check:
+    """Result of the equivalence check: the worst error relative to its tensor's max |value|."""
+
+    ok: bool
+    max_abs_error: float
+    max_abs_output: float
+    tolerance: float = 1e-4
+    checker: str = "passed"
+    file: str | None = None                          # the file checked, None for an in-memory model
+    compared: list[str] = field(default_factory=list)  # tensors compared besides the graph outputs
+    notes: list[str] = field(default_factory=list)
+    oracle: bool = True                               # False: nothing to compare with, only run
+
+    @property
+    def relative(self) -> float:
+        """max abs error / max |value| of the tensor where the ratio is worst."""
+        return self.max_abs_error / max(self.max_abs_output, 1e-30)
+
+    def describe(self) -> str:
+        """One line for the report."""
+        where = f"{self.file} (reopened from disk): " if self.file else ""
+        if not self.oracle:
+            return (f"check: {where}onnx full checker {self.checker}; runs in onnxruntime (all optimizations)"
+                    + ("" if self.ok else f": {'; '.join(self.notes)}"))
+        what = "outputs" + (f" and {len(self.compared)} intermediate tensors" if self.compared else "")
+        return (f"check: {where}onnx full checker {self.checker}; onnxruntime {what} vs oracle: max abs error "
+                f"{self.max_abs_error:.3g} = {self.relative:.2e} x max|value| (tolerance {self.tolerance:g})")
+
+
+def check(graph: Graph, oracle: Oracle, pruned: onnx.ModelProto | str | os.PathLike, seeds=(0, 1, 2),
+          tolerance: float = 1e-4) -> Check:
+    """Full onnx checker on the pruned model (a file, as written, or a ModelProto), then oracle vs
+    pruned in onnxruntime with all optimizations."""
+    file = None if isinstance(pruned, onnx.ModelProto) else os.fspath(pruned)
+    try:
+        onnx.checker.check_model(pruned if file is None else file, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        return Check(False, math.inf, 0.0, tolerance, f"failed: {str(e).strip().splitlines()[0]}", file)
+    model = pruned if file is None else onnx.load(file, load_external_data=False)
+    outputs = [o.name for o in oracle.model.graph.output]
+    feeds = [random_inputs(graph, s) for s in seeds]
+    a = oracle.session()
+    b = session(pruned if file is None else file)
+    expected = [oracle.run(a, f, outputs) for f in feeds]
+    got = [b.run(outputs, f) for f in feeds]
+    result = Check(True, 0.0, 0.0, tolerance, "passed", file)
+    _compare(result, outputs, expected, got, oracle)
+    trivial = _trivial(outputs, expected)
+    if trivial:
+        result.notes.append(f"outputs {', '.join(trivial)} are ~0 or do not vary with the input: "
+                            f"intermediate tensors compared too")
+        names = _intermediates(graph, oracle, model)
+        if names:
+            a = session(with_outputs(oracle.model, names), optimize=False)
+            b = session(with_outputs(_loaded(model, file), names))
+            expected = [oracle.run(a, f, names) for f in feeds]
+            got = [b.run(names, f) for f in feeds]
+            _compare(result, names, expected, got, oracle)
+            result.compared = names
+        else:
+            result.notes.append("no intermediate tensor of the pruned model could be compared")
+    return result
+
+
+def _compare(result: Check, names: list[str], expected, got, oracle: Oracle) -> None:
+    """Per tensor: max abs error over the seeds against tolerance × max |oracle value|."""
+    for k, name in enumerate(names):
+        top = max(float(np.max(np.abs(e[k]))) if e[k].size else 0.0 for e in expected)
+        err = 0.0
+        for e, g in zip(expected, got):
+            x = oracle.restrict(name, e[k]).astype(np.float64)
+            if x.shape != g[k].shape:
+                result.ok = False
+                result.notes.append(f"tensor '{name}': shape {list(g[k].shape)} where the oracle has "
+                                    f"{list(x.shape)}")
+                err = math.inf
+                continue
+            if x.size:
+                err = max(err, float(np.max(np.abs(x - g[k]))))
+        if not err <= result.tolerance * max(top, TINY):
+            result.ok = False
+        if err / max(top, 1e-30) >= result.relative or not math.isfinite(err):
+            result.max_abs_error, result.max_abs_output = err, top
+
+
+def _trivial(names: list[str], runs) -> list[str]:
+    """Outputs that are ~0 or identical for every input."""
+    out = []
+    for k, name in enumerate(names):
+        values = [r[k] for r in runs]
+        top = max(float(np.max(np.abs(v))) if v.size else 0.0 for v in values)
+        same = all(np.array_equal(values[0], v) for v in values[1:])
+        if top < TINY or (len(values) > 1 and same):
+            out.append(name)
+    return out
+
+
+def _intermediates(graph: Graph, oracle: Oracle, model: onnx.ModelProto) -> list[str]:
+    """Layer outputs present in both models under one name, spread over the depth of the graph."""
+    produced = {o for n in model.graph.node for o in n.output if o}
+    layers = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Add", "Concat", "Mul"}
+    names = [o for n in graph.topological_nodes() for node in [graph.nodes[n]] if node.op_type in layers
+             for o in node.output[:1] if o in produced and o not in graph.outputs]
+    if len(names) > INTERMEDIATES:
+        step = len(names) / INTERMEDIATES
+        names = [names[int(i * step)] for i in range(INTERMEDIATES)]
+    return names
+
+
+def _loaded(model: onnx.ModelProto, file: str | None) -> onnx.ModelProto:
+    """The model with its weights (a file's external data read from beside it)."""
+    if file is None:
+        return model
+    return onnx.load(file)
+
+
+def check_runs(graph: Graph, model: str | os.PathLike, seeds=(0,)) -> Check:
+    """A model with no oracle (a grown one): the file passes onnx's full checker, opens in a fresh
+    onnxruntime session with all optimizations and gives finite outputs."""
+    file = os.fspath(model)
+    try:
+        onnx.checker.check_model(file, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        return Check(False, math.inf, 0.0, 0.0, f"failed: {str(e).strip().splitlines()[0]}", file, oracle=False)
+    top = 0.0
+    for s in seeds:
+        for y in session(file).run(None, random_inputs(graph, s)):
+            if y.size and not np.all(np.isfinite(y)):
+                return Check(False, math.inf, 0.0, 0.0, "passed", file, notes=["outputs are not finite"], oracle=False)
+            top = max(top, float(np.max(np.abs(y))) if y.size else 0.0)
+    return Check(True, 0.0, top, 0.0, "passed", file, oracle=False)
