@@ -146,11 +146,14 @@ def random_masks(groups, keep: float, seed: int = 0, multiple: int = 1):
 
 def prune_once(path: Path, out: Path, keep: float, multiple: int = 1):
     from morphonnx.groups import find_groups
-    from morphonnx.rewrite import prune, save_model
+    from morphonnx.output import Outputs
+    from morphonnx.rewrite import prune
     graph = morphonnx.load(path)
     groups = find_groups(graph)
     result = prune(groups, random_masks(groups, keep, multiple=multiple))
-    save_model(result.model, out)
+    with Outputs([path]) as outputs:
+        outputs.model(out, result.model, external=bool(graph.external_files()))
+        outputs.commit()
     return graph, result
 
 
@@ -161,7 +164,7 @@ def ort_latency(model_path: Path, feeds: dict, repeat: int = 20) -> float:
 
 
 def bench_prune(zoo: Path, names: list[str], repeat: int, keep: float, multiple: int, tmp: Path) -> None:
-    from morphonnx.rewrite import random_inputs
+    from morphonnx.oracle import random_inputs
     manifest = export_zoo.ensure(zoo, names)
     print(f"prune on the zoo ({zoo}); keep {keep:.0%} of every group at random, rounded to multiples of "
           f"{multiple}; best of {repeat}")
@@ -229,7 +232,7 @@ def fused_nodes(graph, kernel: str) -> list[str]:
 def bench_latency(zoo: Path, names: list[str], n: int, multiple: int, tmp: Path) -> None:
     from morphonnx.calibrate import calibrate, fit, random_variants, run_time
     from morphonnx.profiles import Profile
-    from morphonnx.rewrite import random_inputs
+    from morphonnx.oracle import random_inputs
     manifest = export_zoo.ensure(zoo, names)
     base = calibrate(quick=False)
     bare = Profile(base.key, base.name, base.peak_gflops, base.bandwidth_gbs)
