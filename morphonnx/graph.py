@@ -418,12 +418,11 @@ def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], 
               and i.name not in {t.name for t in g.initializer}]
     if not all(_tensor_info(i).is_static for i in inputs):
         return False
-    custom = {o for n in g.node if n.domain not in ("", "ai.onnx") for o in n.output}
     unknown = []
     for n in g.node:
         for o in n.output:
             vi = vis.get(o)
-            if not o or o in custom or (vi is not None and vi.type.WhichOneof("value") not in (None, "tensor_type")):
+            if not o or (vi is not None and vi.type.WhichOneof("value") not in (None, "tensor_type")):
                 continue
             if vi is None or not _tensor_info(vi).is_static:
                 unknown.append(o)
