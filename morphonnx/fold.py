@@ -1,12 +1,25 @@
-"""Constant folding of the shape clutter exporters leave (Shape → Expand → CastLike chains).
+"""Constant folding: every tensor whose value does not depend on the graph inputs becomes a constant.
 
-Only nodes that compute from metadata (tensor shapes and element types) and small constants
-are folded; a node that reads the values of a stored float parameter is never folded, so
-parameters keep their names and their count. The folded values become initializers.
+Exporters route constants through nodes: shape clutter (Shape → Expand → CastLike chains), a
+parameter re-laid out (Transpose of a Linear weight), a parameter routed through Identity (the
+TorchScript exporter deduplicates equal initializers and gives every duplicate an Identity
+of the first), a weight computed from parameters (weight standardization). All of them are
+folded into constants that the ops read directly, so that channel rules and the rewriter can
+slice them.
+
+Parameters keep their names and their count (as the framework counts them):
+- a re-layout of a parameter (Transpose, Reshape, Identity, Squeeze, Unsqueeze) is that
+  parameter (`origins`); its value is a numpy view, never a copy;
+- an Identity of a parameter that other ops also read is a duplicate the exporter merged: a
+  parameter of its own, under the Identity's output name (`twins`);
+- a constant computed from parameters (`derived`) counts those parameters, once each.
+Nodes that compute only from metadata (tensor shapes and element types) and small constants
+are evaluated with onnx's reference evaluator, bounded in size.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -15,9 +28,30 @@ from onnx.reference import ReferenceEvaluator
 
 MAX_FOLDED_ELEMENTS = 1 << 20
 METADATA_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}  # inputs read only for shape or type
-# Re-layouts of a parameter (an exporter's Transpose of a Linear weight) fold into a new initializer
-# that stays a parameter: `fold_constants` reports its origin.
-LAYOUT = ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze")
+LAYOUT = ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten")
+# Not constant although they read no graph input.
+NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                    "Bernoulli"}
+
+
+@dataclass
+class Folded:
+    """What one folding pass did: values kept outside the model (parameters and what derives
+    from them) and where each folded constant comes from."""
+
+    values: dict[str, np.ndarray] = field(default_factory=dict)   # param-derived constants, outside the model
+    origins: dict[str, str] = field(default_factory=dict)        # folded constant → the parameter it names
+    derived: dict[str, tuple[str, ...]] = field(default_factory=dict)  # folded constant → parameters it counts
+    twins: set[str] = field(default_factory=set)                 # merged duplicates: parameters of their own
+    folded: int = 0                                              # nodes removed
+
+    def update(self, other: "Folded") -> None:
+        """Merge a later pass."""
+        self.values.update(other.values)
+        self.origins.update(other.origins)
+        self.derived.update(other.derived)
+        self.twins |= other.twins
+        self.folded += other.folded
 
 
 def _static(vi: onnx.ValueInfoProto | None) -> tuple[int, ...] | None:
@@ -27,15 +61,59 @@ def _static(vi: onnx.ValueInfoProto | None) -> tuple[int, ...] | None:
     return tuple(d.dim_value for d in dims) if all(d.HasField("dim_value") for d in dims) else None
 
 
-def _is_parameter(t: onnx.TensorProto) -> bool:
+def is_parameter(t: onnx.TensorProto) -> bool:
+    """A float tensor with more than one element (what frameworks train)."""
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
     return t.data_type in floats and math.prod(t.dims) > 1
 
 
-def _plan(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto]
-          ) -> tuple[list[onnx.NodeProto], dict[str, onnx.TensorProto], dict[str, str]]:
-    """The nodes to fold (rewritten to run without their metadata inputs), the constants they read,
-    and the parameters they only re-lay out (folded output → parameter)."""
+def constants_to_initializers(model: onnx.ModelProto) -> None:
+    """Constant nodes become initializers (in place), so that every op reads its constants directly."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    keep = []
+    for node in g.node:
+        value = constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if value is None or len(node.output) != 1 or node.output[0] in outputs:
+            keep.append(node)
+            continue
+        t = onnx.TensorProto()
+        t.CopyFrom(value)
+        t.name = node.output[0]
+        g.initializer.append(t)
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a Constant node outputs, None for forms without one (sparse, strings)."""
+    for a in node.attribute:
+        if a.name == "value":
+            return a.t
+        if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            value = helper.get_attribute_value(a)
+            dtype = np.float32 if "float" in a.name else np.int64
+            return numpy_helper.from_array(np.asarray(value, dtype=dtype))
+    return None
+
+
+def _foldable_op(node: onnx.NodeProto) -> bool:
+    return (node.domain in ("", "ai.onnx") and node.op_type not in NONDETERMINISTIC and node.op_type != "Constant"
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute))
+
+
+def fold_constants(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto] | None = None,
+                   base_dir: str | None = None, values: dict[str, np.ndarray] | None = None,
+                   derived: dict[str, tuple[str, ...]] | None = None) -> Folded:
+    """Fold every node whose inputs are all constant, in place.
+
+    `weights` are initializers kept outside the model (see graph.load) and `values` the
+    param-derived constants of earlier passes (also outside the model, with typed graph inputs
+    standing in for them), `derived` the parameters behind those. Param-derived results join them (returned in `Folded.values`, with
+    a typed graph input each); the others become initializers of the model.
+    """
+    weights = weights or {}
+    values = values if values is not None else {}
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     inits.update(weights)
@@ -45,31 +123,132 @@ def _plan(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto]
             users[t] = users.get(t, 0) + 1
     info = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
     info.update((t.name, helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))) for t in g.initializer)
-    known = set(inits) | {o for n in g.node if n.op_type == "Constant" for o in n.output}
-    plan: list[onnx.NodeProto] = []
-    origins: dict[str, str] = {}
+
+    def params_of(t: str) -> tuple[str, ...]:
+        if t in prior_derived:
+            return prior_derived[t]
+        return (t,) if t in inits and is_parameter(inits[t]) else ()
+
+    prior_derived = dict(derived or {})
+    known = set(inits) | set(values)
+    out = Folded()
+    evaluate: list[onnx.NodeProto] = []      # nodes for the reference evaluator
+    relayouts: list[onnx.NodeProto] = []     # re-layouts of param-derived values (numpy views)
+    graph_outputs = {o.name for o in g.output}
     for node in g.node:
+        if not _foldable_op(node) or any(o in graph_outputs for o in node.output):
+            continue
         meta = METADATA_INPUTS.get(node.op_type, ())
-        values = [t for i, t in enumerate(node.input) if t and i not in meta]
-        if node.op_type == "Constant" or not all(t in known for t in values):
+        reads = [t for i, t in enumerate(node.input) if t and i not in meta]
+        if not all(t in known for t in reads):
             continue
-        params = [t for t in values if t in inits and _is_parameter(inits[t])]
-        if params:
-            if node.op_type not in LAYOUT or params != [node.input[0]] or users.get(params[0]) != 1:
+        if meta:
+            node = _without_metadata(node, info)
+            if node is None:
                 continue
-            origins[node.output[0]] = params[0]
-        folded = _without_metadata(node, info)
-        if folded is None:
-            continue
-        out = [info.get(o) for o in node.output]
-        too_big = any(_static(vi) is not None and math.prod(_static(vi)) > MAX_FOLDED_ELEMENTS for vi in out)
-        if too_big and not params:  # a re-laid-out parameter is no bigger than the parameter
-            continue
-        plan.append(folded)
-        known.update(node.output)
-    read = {t for n in plan for t in n.input}
-    constants = [n for n in g.node if n.op_type == "Constant" and any(o in read for o in n.output)]
-    return constants + plan, {t: inits[t] for t in read if t in inits}, origins
+        params = tuple(dict.fromkeys(p for t in reads for p in params_of(t)))
+        heavy = [t for t in reads if t in values or (t in inits and is_parameter(inits[t]))]
+        if params or heavy:
+            first = node.input[0] if node.input else ""
+            laid_out = node.op_type in ("Identity", "Transpose") or _static(info.get(node.output[0])) is not None
+            if node.op_type in LAYOUT and heavy == [first] and laid_out:
+                o = node.output[0]
+                if node.op_type == "Identity" and first in inits and params == (first,) and users.get(first, 0) > 1:
+                    out.twins.add(o)  # a merged duplicate: a parameter of its own
+                    params = (o,)
+                else:
+                    out.origins[o] = _root(first, out.origins)
+                if params:
+                    out.derived[o] = prior_derived[o] = params
+                relayouts.append(node)
+                known.add(o)
+                continue
+            shapes = [_static(info.get(o)) for o in node.output if o]
+            biggest = max([math.prod(inits[t].dims) if t in inits else values[t].size for t in heavy] + [0])
+            if any(s is None or math.prod(s) > max(MAX_FOLDED_ELEMENTS, biggest) for s in shapes):
+                continue
+            for o in node.output:
+                if o:
+                    out.derived[o] = params
+                    prior_derived[o] = params
+            if params:
+                main = max(params, key=lambda p: math.prod(inits[p].dims) if p in inits else 0)
+                out.origins.update((o, main) for o in node.output if o)
+        else:
+            shapes = [_static(info.get(o)) for o in node.output if o]
+            if any(s is not None and math.prod(s) > MAX_FOLDED_ELEMENTS for s in shapes):
+                continue
+        evaluate.append(node)
+        known.update(o for o in node.output if o)
+    if not evaluate and not relayouts:
+        return out
+    computed: dict[str, np.ndarray] = {}
+    heavy_values = dict(values)
+    for n in relayouts:  # in file order, so chains of re-layouts see their inputs
+        x = heavy_values.get(n.input[0])
+        if x is None:
+            x = numpy_helper.to_array(inits[n.input[0]], base_dir or "")
+        heavy_values[n.output[0]] = computed[n.output[0]] = _relayout(n, x, info)
+    if evaluate:
+        computed.update(_evaluate(evaluate, inits, heavy_values, model, base_dir))
+    param_derived = {o for o in computed if out.derived.get(o) or o in out.twins or o in out.origins}
+    done = set(computed)
+    keep = [n for n in g.node if not any(o in done for o in n.output)]
+    out.folded = len(g.node) - len(keep)
+    del g.node[:]
+    g.node.extend(keep)
+    needed = {t for n in keep for t in n.input} | {o.name for o in g.output}
+    out.values = {o: computed[o] for o in param_derived if o in needed}
+    g.initializer.extend(numpy_helper.from_array(np.asarray(computed[o]), o)
+                         for o in computed if o not in param_derived and o in needed)
+    listed = {i.name for i in g.input}
+    g.input.extend(helper.make_tensor_value_info(o, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                   for o, v in out.values.items() if o not in listed)
+    return out
+
+
+def _root(name: str, origins: dict[str, str]) -> str:
+    while name in origins:
+        name = origins[name]
+    return name
+
+
+def _relayout(n: onnx.NodeProto, value: np.ndarray, info: dict) -> np.ndarray:
+    """A re-layout with numpy: a view (copied only if the rewrite needs it)."""
+    if n.op_type == "Identity":
+        return value
+    if n.op_type == "Transpose":
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+        return np.transpose(value, perm)
+    shape = _static(info.get(n.output[0]))
+    if shape is None:
+        raise ValueError(f"re-layout {n.name}: output shape unknown")
+    return value.reshape(shape)
+
+
+def _evaluate(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], heavy: dict[str, np.ndarray],
+              model: onnx.ModelProto, base_dir: str | None) -> dict[str, np.ndarray]:
+    """Values of the nodes' outputs with the reference evaluator; parameters and param-derived
+    values are fed as inputs (no proto copies), small constants are initializers."""
+    produced = {o for n in nodes for o in n.output if o}
+    read = [t for t in dict.fromkeys(t for n in nodes for t in n.input if t) if t not in produced]
+    feeds = {}
+    initializers = []
+    for t in read:
+        if t in heavy:
+            feeds[t] = heavy[t]
+        elif t in inits and (is_parameter(inits[t]) or inits[t].data_location == onnx.TensorProto.EXTERNAL):
+            feeds[t] = numpy_helper.to_array(inits[t], base_dir or "")
+        elif t in inits:
+            initializers.append(inits[t])
+    outputs = [o for n in nodes for o in n.output if o]
+    sub = helper.make_model(
+        helper.make_graph(nodes, "fold",
+                          [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                           for t, v in feeds.items()],
+                          [helper.make_tensor_value_info(o, 0, None) for o in outputs], initializer=initializers),
+        opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return dict(zip(outputs, (np.asarray(v) for v in ReferenceEvaluator(sub).run(None, feeds))))
 
 
 def _without_metadata(node: onnx.NodeProto, info: dict) -> onnx.NodeProto | None:
@@ -91,61 +270,3 @@ def _without_metadata(node: onnx.NodeProto, info: dict) -> onnx.NodeProto | None
             return None
         return helper.make_node("Cast", [node.input[0]], list(node.output), to=vi.type.tensor_type.elem_type)
     return node
-
-
-def fold_constants(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto] | None = None,
-                   base_dir: str | None = None) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """Fold metadata-only subgraphs into initializers and re-layouts of parameters into values, in place.
-
-    `weights` are initializers kept outside the model (see graph.load). Returns the folded
-    re-layouts of parameters (new tensor → the parameter it came from) and their values, which
-    stay outside the model like `weights`, with typed graph inputs standing in for them.
-    """
-    plan, consts, origins = _plan(model, weights or {})
-    if not plan:
-        return {}, {}
-    relaid = _relayout([n for n in plan if n.output[0] in origins], consts, model, base_dir)
-    plan = [n for n in plan if n.output[0] not in origins]
-    consts = {n: _with_data(t, base_dir) for n, t in consts.items() if n not in set(origins.values())}
-    g = model.graph
-    outputs = [o for n in plan if n.op_type != "Constant" or n.output[0] not in {
-        t for t in (x.output[0] for x in model.graph.node if x.op_type == "Constant")} for o in n.output if o]
-    values = dict(relaid)
-    if outputs:
-        sub = helper.make_model(
-            helper.make_graph(plan, "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in outputs],
-                              initializer=list(consts.values())),
-            opset_imports=list(model.opset_import))
-        values.update(zip(outputs, ReferenceEvaluator(sub).run(None, {})))
-    by_output = {o: n for n in g.node for o in n.output}
-    drop = {id(by_output[o]) for o in list(outputs) + list(relaid)}
-    keep = [n for n in g.node if id(n) not in drop]
-    needed = {t for n in keep for t in n.input} | {o.name for o in g.output}
-    keep = [n for n in keep if n.op_type != "Constant" or any(o in needed for o in n.output)]
-    del g.node[:]
-    g.node.extend(keep)
-    g.initializer.extend(numpy_helper.from_array(np.asarray(values[o]), o) for o in outputs if o in needed)
-    g.input.extend(helper.make_tensor_value_info(o, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-                   for o, v in relaid.items() if o in needed)
-    return {o: p for o, p in origins.items() if o in needed}, {o: v for o, v in relaid.items() if o in needed}
-
-
-def _relayout(nodes: list[onnx.NodeProto], consts: dict[str, onnx.TensorProto], model: onnx.ModelProto,
-              base_dir: str | None) -> dict[str, np.ndarray]:
-    """Values of re-layouts of parameters, with numpy (a transpose, or a reshape to the inferred shape)."""
-    shapes = {vi.name: _static(vi) for vi in model.graph.value_info}
-    out = {}
-    for n in nodes:
-        value = numpy_helper.to_array(consts[n.input[0]], base_dir or "")
-        if n.op_type == "Transpose":
-            perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
-            out[n.output[0]] = np.transpose(value, perm)  # a view: copied only if the rewrite needs it
-        else:
-            out[n.output[0]] = value.reshape(shapes[n.output[0]])
-    return out
-
-
-def _with_data(t: onnx.TensorProto, base_dir: str | None) -> onnx.TensorProto:
-    if t.data_location != onnx.TensorProto.EXTERNAL:
-        return t
-    return numpy_helper.from_array(numpy_helper.to_array(t, base_dir or ""), t.name)

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BadInput
-from .fold import fold_constants
+from .fold import Folded, constant_value, constants_to_initializers, fold_constants
 
 Dim = int | str | None  # a static size, a symbolic name, or unknown
 Shape = tuple[Dim, ...]
@@ -72,6 +72,10 @@ class Graph:
         self.consumers: dict[str, list[str]] = {}
         self._arrays: dict[str, np.ndarray] = {}
         self.origins: dict[str, str] = {}  # folded re-layout of a parameter → that parameter's name
+        # folded constant computed from parameters → those parameters (counted in its place)
+        self.derived: dict[str, tuple[str, ...]] = {}
+        # tensors whose shapes came from a run in onnxruntime (onnx's inference left them unknown)
+        self.measured: set[str] = set()
         for node in g.node:
             self.nodes[node.name] = node
             for t in node.output:
@@ -129,6 +133,9 @@ class Graph:
         """The all-integer shape of a tensor, or BadInput naming the tensor and `where` it matters."""
         info = self.tensors.get(name)
         if info is None or info.shape is None:
+            if self.inputs_static():
+                raise BadInput(f"shape of tensor '{name}' ({where}) is unknown: neither shape inference nor "
+                               f"a run in onnxruntime gives it")
             raise BadInput(f"shape of tensor '{name}' ({where}) is unknown after shape inference; "
                            f"give it with --input-shape INPUT=d0,d1,...")
         if not info.is_static:
@@ -136,6 +143,15 @@ class Graph:
             raise BadInput(f"shape of tensor '{name}' ({where}) is [{dims}], not static; "
                            f"fix the symbolic dimensions with --batch N or --input-shape INPUT=d0,d1,...")
         return tuple(int(d) for d in info.shape)  # type: ignore[arg-type]
+
+    def inputs_static(self) -> bool:
+        """True when every graph input has an all-integer shape."""
+        return all(self.tensors.get(i) is not None and self.tensors[i].is_static for i in self.inputs)
+
+    def parameters_of(self, name: str) -> tuple[str, ...]:
+        """The stored parameters a constant tensor counts as: a folded constant those it is
+        computed from, a stored tensor itself."""
+        return self.derived.get(name) or ((name,) if name in self.stored else ())
 
     def topological_nodes(self) -> list[str]:
         """Node names in a topological order (file order when the file is already sorted)."""
@@ -171,14 +187,7 @@ def _stored_constants(model: onnx.ModelProto) -> set[str]:
 
 
 def _constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return a.t
-        if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
-            value = helper.get_attribute_value(a)
-            dtype = np.float32 if "float" in a.name else np.int64
-            return numpy_helper.from_array(np.asarray(value, dtype=dtype))
-    return None
+    return constant_value(node)
 
 
 def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
@@ -366,31 +375,108 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
     _set_input_shapes(model, batch, input_shapes or {})
     _clear_inferred(model)
     stored = _stored_constants(model)
+    from_nodes = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants_to_initializers(model)  # ops read their constants directly
     weights = _detach_weights(model, base_dir)
+    base = str(base_dir) if base_dir else None
+    done = Folded()
     model = infer_shapes(model, where)
-    origins: dict[str, str] = {}
-    relaid: dict[str, np.ndarray] = {}
-    for _ in range(4):  # folding can make more shapes static, which lets more fold
-        before = len(model.graph.node)
-        o, v = fold_constants(model, weights, str(base_dir) if base_dir else None)
-        origins.update(o)
-        relaid.update(v)
-        if len(model.graph.node) == before:
+    measured: set[str] = set()
+    for attempt in range(2):
+        for _ in range(8):  # folding can make more shapes static, which lets more fold
+            f = fold_constants(model, weights, base, done.values, done.derived)
+            done.update(f)
+            if not f.folded:
+                break
+            model = infer_shapes(model, where)
+        if attempt or not _measure_shapes(model, weights, done.values, base, measured):
             break
-        model = infer_shapes(model, where)
+        model = infer_shapes(model, where)  # shapes propagate from the measured ones
+    origins = done.origins
     for new, old in origins.items():  # a re-laid-out parameter is still that parameter
         while old in origins:
             old = origins[old]
         origins[new] = old
-    stored |= set(origins)
-    for name, value in relaid.items():
+    stored |= set(origins) | done.twins
+    for name, value in done.values.items():
         stub = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype))
         stub.dims.extend(value.shape)
         weights[name] = stub  # typed, without data: the value is in the array cache
     graph = Graph(model, base_dir, path, stored, weights)
     graph.origins = origins
-    graph._arrays.update(relaid)
+    # A Constant node computed into a weight with a stored initializer (the ones of a weight
+    # standardization) is a helper constant, not a parameter.
+    graph.derived = {k: tuple(p for p in v if p not in from_nodes or all(q in from_nodes for q in v))
+                     for k, v in done.derived.items() if v}
+    graph.measured = measured & set(graph.tensors)
+    graph._arrays.update(done.values)
     return graph
+
+
+def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], values: Mapping[str, np.ndarray],
+                    base_dir: str | None, measured: set[str]) -> bool:
+    """Shapes that onnx's inference leaves unknown while every graph input is static: run the
+    model once in onnxruntime with just those tensors as extra outputs, and record their
+    shapes as value_info (in place). False when there is nothing to do or the run fails."""
+    g = model.graph
+    vis = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    inputs = [i for i in g.input if i.name not in weights and i.name not in values
+              and i.name not in {t.name for t in g.initializer}]
+    if not all(_tensor_info(i).is_static for i in inputs):
+        return False
+    unknown = []
+    for n in g.node:
+        for o in n.output:
+            vi = vis.get(o)
+            if not o or (vi is not None and vi.type.WhichOneof("value") not in (None, "tensor_type")):
+                continue
+            if vi is None or not _tensor_info(vi).is_static:
+                unknown.append(o)
+    if not unknown:
+        return False
+    try:
+        import onnxruntime as ort
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        outs = {o.name for o in m.graph.output}
+        m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in unknown if t not in outs)
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for i in inputs:
+            info = _tensor_info(i)
+            dtype = info.dtype or np.float32
+            feeds[i.name] = (rng.standard_normal(info.shape).astype(dtype) if np.issubdtype(dtype, np.floating)
+                             else np.zeros(info.shape, dtype=dtype))
+        for name, t in weights.items():
+            if name in {i.name for i in g.input}:
+                feeds[name] = values[name] if name in values else numpy_helper.to_array(t, base_dir or "")
+        for name, v in values.items():
+            feeds.setdefault(name, np.ascontiguousarray(v))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 4
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs() if o.name in set(unknown)]
+        results = sess.run(names, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})
+    except Exception:
+        return False
+    known = {vi.name for vi in g.value_info}
+    for name, value in zip(names, results):
+        if not isinstance(value, np.ndarray):
+            continue
+        vi = helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
+        if name in known:
+            for old in g.value_info:
+                if old.name == name:
+                    old.CopyFrom(vi)
+        elif name not in {o.name for o in g.output}:
+            g.value_info.append(vi)
+        else:
+            for o in g.output:
+                if o.name == name:
+                    o.CopyFrom(vi)
+        measured.add(name)
+    return bool(names)
 
 
 def iter_constant_inputs(graph: Graph, node: onnx.NodeProto) -> Iterable[tuple[int, str]]:

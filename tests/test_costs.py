@@ -116,3 +116,43 @@ def test_unknown_op_is_listed_not_zero():
 def test_every_rule_is_a_callable_in_one_table():
     assert {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization", "MaxPool",
             "GlobalAveragePool", "Relu", "Add", "Softmax", "Resize", "Concat", "Reshape"} <= set(RULES)
+
+
+def test_duplicates_merged_by_the_exporter_count_once_each():
+    """The TorchScript exporter keeps one of several equal initializers and routes the others
+    through Identity: each is a parameter of the framework, and counts."""
+    from onnx import numpy_helper
+    zero = init("a.bias", None, value=np.zeros(4))
+    nodes = [helper.make_node("Conv", ["x", "a.weight", "a.bias"], ["a"], name="a", kernel_shape=[1, 1]),
+             helper.make_node("Identity", ["a.bias"], ["b.bias"]),
+             helper.make_node("Conv", ["a", "b.weight", "b.bias"], ["y"], name="b", kernel_shape=[1, 1])]
+    g = morphonnx.load(model(nodes, [tensor("x", [1, 4, 2, 2])], [tensor("y", None)],
+                             [init("a.weight", (4, 4, 1, 1)), zero, init("b.weight", (4, 4, 1, 1), seed=1)]))
+    cm = morphonnx.cost_model(g)
+    assert cm.params == 2 * (16 + 4)
+    assert {w for c in cm.ops for w in c.weights} == {"a.weight", "a.bias", "b.weight", "b.bias"}
+    assert np.array_equal(g.array(g.nodes["b"].input[2]), numpy_helper.to_array(zero))
+
+
+def test_computed_weight_counts_its_parameters_not_its_helper_constants():
+    """w' = w * gain * ones (a Constant node helper): w and gain count, the helper does not."""
+    ones = helper.make_tensor("ones", TensorProto.FLOAT, [4, 1, 1, 1], [1.0] * 4)
+    nodes = [helper.make_node("Constant", [], ["one"], value=ones),
+             helper.make_node("Mul", ["w", "gain"], ["wg"]),
+             helper.make_node("Mul", ["wg", "one"], ["ws"]),
+             helper.make_node("Conv", ["x", "ws"], ["y"], name="conv", kernel_shape=[1, 1])]
+    g = morphonnx.load(model(nodes, [tensor("x", [1, 3, 2, 2])], [tensor("y", None)],
+                             [init("w", (4, 3, 1, 1)), init("gain", (4, 1, 1, 1), seed=1)]))
+    cm = morphonnx.cost_model(g)
+    assert cm.params == 12 + 4 and cm.ops[0].weights == ("w", "gain")
+
+
+def test_tied_relayouts_of_one_parameter_count_once():
+    """One weight read twice through Transposes (tied weights): one parameter."""
+    nodes = [helper.make_node("Transpose", ["w"], ["t1"], perm=[1, 0]),
+             helper.make_node("Transpose", ["w"], ["t2"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "t1"], ["h"], name="m1"),
+             helper.make_node("MatMul", ["h", "t2"], ["y"], name="m2")]
+    g = morphonnx.load(model(nodes, [tensor("x", [1, 4])], [tensor("y", None)], [init("w", (4, 4))]))
+    assert [n.op_type for n in g.model.graph.node] == ["MatMul", "MatMul"]
+    assert morphonnx.cost_model(g).params == 16

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import morphonnx
 from morphonnx import BadInput
@@ -123,3 +123,78 @@ def test_unnamed_nodes_get_unique_names():
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"])]
     g = morphonnx.load(model(nodes, [tensor("x", [1, 4])], [tensor("b", [1, 4])]))
     assert len(set(g.nodes)) == 2 and g.nx.number_of_edges() == 1
+
+
+# ---- constants: whatever does not depend on the graph inputs -----------------------------------------
+
+def _conv(x, w, b, name="conv"):
+    return helper.make_node("Conv", [x, w, b], [name + "_y"], name=name, kernel_shape=[1, 1])
+
+
+def test_bias_through_identity_is_read_directly_under_the_parameter_name():
+    nodes = [helper.make_node("Identity", ["b"], ["routed"]), _conv("x", "w", "routed")]
+    g = morphonnx.load(model(nodes, [tensor("x", [1, 3, 4, 4])], [tensor("conv_y", None)],
+                             [init("w", (4, 3, 1, 1)), init("b", (4,), seed=1)]))
+    assert [n.op_type for n in g.model.graph.node] == ["Conv"]
+    bias = g.nodes["conv"].input[2]
+    assert g.is_constant(bias) and np.array_equal(g.array(bias), numpy_helper.to_array(init("b", (4,), seed=1)))
+    assert g.origins.get(bias, bias) == "b"  # reports and masks name the initializer
+
+
+def test_constant_node_becomes_an_initializer():
+    value = numpy_helper.from_array(np.arange(4, dtype=np.float32), "v")
+    nodes = [helper.make_node("Constant", [], ["b"], value=value), _conv("x", "w", "b")]
+    g = morphonnx.load(model(nodes, [tensor("x", [1, 3, 4, 4])], [tensor("conv_y", None)], [init("w", (4, 3, 1, 1))]))
+    assert [n.op_type for n in g.model.graph.node] == ["Conv"]
+    assert "b" in g.initializers and np.array_equal(g.array("b"), np.arange(4))
+
+
+def test_constant_subgraph_feeding_a_conv_weight_is_folded_and_named_by_its_parameter():
+    """Weight standardization (NF-ResNet): w' = (w - mean(w)) * gain, computed in the graph."""
+    nodes = [helper.make_node("ReduceMean", ["w"], ["m"], axes=[1, 2, 3], keepdims=1),
+             helper.make_node("Sub", ["w", "m"], ["c"]),
+             helper.make_node("Mul", ["c", "gain"], ["ws"]),
+             helper.make_node("Conv", ["x", "ws"], ["y"], name="conv", kernel_shape=[3, 3])]
+    w, gain = init("w", (4, 3, 3, 3)), init("gain", (4, 1, 1, 1), seed=2)
+    g = morphonnx.load(model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", None)], [w, gain]))
+    assert [n.op_type for n in g.model.graph.node] == ["Conv"]
+    wv, gv = numpy_helper.to_array(w), numpy_helper.to_array(gain)
+    assert np.allclose(g.array("ws"), (wv - wv.mean(axis=(1, 2, 3), keepdims=True)) * gv, atol=1e-6)
+    assert g.origins["ws"] == "w" and set(g.derived["ws"]) == {"w", "gain"}
+
+
+def test_chained_relayouts_of_a_parameter_fold():
+    """Reshape then Transpose of one parameter (the dynamo swin_t's `view_13`, read by a second
+    re-layout in the same pass, used to end in a traceback from the reference evaluator)."""
+    nodes = [helper.make_node("Reshape", ["w", "shape"], ["view"]),
+             helper.make_node("Transpose", ["view"], ["wt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm")]
+    g = morphonnx.load(model(nodes, [tensor("x", [1, 6])], [tensor("y", None)],
+                             [init("w", (24,)), init("shape", None, value=[4, 6], dtype=np.int64)]))
+    assert [n.op_type for n in g.model.graph.node] == ["MatMul"]
+    assert g.array("wt").shape == (6, 4) and g.origins["wt"] == "w"
+    assert morphonnx.cost_model(g).params == 24
+
+
+def test_shapes_inference_cannot_know_come_from_a_run():
+    """An onnxruntime contrib op (com.microsoft.Gelu, in ORT-optimized models): onnx's inference
+    knows nothing of it, so the next conv's shapes are unknown although the input is static."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Gelu", ["a"], ["b"], name="gelu", domain="com.microsoft"),
+             helper.make_node("Conv", ["b", "w2"], ["y"], name="c2", kernel_shape=[3, 3])]
+    m = model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", None)], [init("w1", (4, 3, 3, 3)), init("w2", (5, 4, 3, 3))],
+              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    g = morphonnx.load(m)
+    assert g.info("b").shape == (1, 4, 8, 8) and g.info("y").shape == (1, 5, 6, 6)
+    assert "b" in g.measured
+    assert morphonnx.cost_model(g).total("macs") == 8 * 8 * 4 * 27 + 6 * 6 * 5 * 36
+
+
+def test_unknown_shape_with_static_inputs_does_not_ask_for_input_shape():
+    nodes = [helper.make_node("Mystery", ["x"], ["a"], name="m", domain="my.ops"),
+             helper.make_node("Conv", ["a", "w"], ["y"], name="c", kernel_shape=[1, 1])]
+    m = model(nodes, [tensor("x", [1, 3, 4, 4])], [tensor("y", None)], [init("w", (4, 3, 1, 1))],
+              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.ops", 1)])
+    with pytest.raises(BadInput, match="unknown: neither shape inference nor a run in onnxruntime") as e:
+        morphonnx.cost_model(morphonnx.load(m))
+    assert "--input-shape" not in str(e.value)

@@ -12,7 +12,7 @@ from morphonnx.rewrite import prune
 from morphonnx.output import Outputs
 from morphonnx.verify import check
 
-from conftest import Net, export_zoo, random_masks
+from conftest import Net, export_zoo, random_masks, random_prune_ok
 
 
 def bn_kept_net() -> onnx.ModelProto:
@@ -89,3 +89,84 @@ def test_random_masks_on_the_zoo(zoo, name, kind):
         assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}"
         assert morphonnx.cost_model(morphonnx.load(result.model)).total("macs") < \
             morphonnx.cost_model(g).total("macs")
+
+
+# ---- constants shared or routed by the exporter -----------------------------------------------------
+
+def _shared_zero_bias_net(through_identity: bool) -> onnx.ModelProto:
+    """Two MLP convs (ConvNeXt/PoolFormer style) whose zero biases the exporter merged into one
+    initializer: read directly by both, or by the second through an Identity."""
+    import numpy as np
+    from onnx import helper
+    n = Net(channels=4, size=4)
+    zero = n.const(np.zeros(6), "fc1.bias")
+    h = n.node("Relu", [n.bn(n.conv("x", 4, 6, k=1, bias=False, name="stem"), 6, name="stem.bn")])
+    shared = zero
+    if through_identity:
+        shared = n.node("Identity", [zero], "fc2.bias")
+    a = n.node("Conv", [h, n.param((6, 6, 1, 1), "fc1.weight"), zero], "fc1", kernel_shape=[1, 1])
+    a = n.node("Relu", [a])
+    b = n.node("Conv", [a, n.param((6, 6, 1, 1), "fc2.weight"), shared], "fc2", kernel_shape=[1, 1])
+    b = n.node("Relu", [b])
+    p = n.node("Flatten", [n.node("GlobalAveragePool", [b])], axis=1)
+    del helper
+    return n.model(n.node("Gemm", [p, n.param((3, 6), "fc.weight")], "fc", transB=1))
+
+
+@pytest.mark.parametrize("through_identity", [False, True])
+def test_shared_bias_cut_differently_gets_a_copy_per_consumer(tmp_path, through_identity):
+    import numpy as np
+    import onnxruntime as ort
+    from morphonnx.rewrite import random_inputs
+    g = morphonnx.load(_shared_zero_bias_net(through_identity))
+    gr = find_groups(g)
+    masks = masks_from_sources(gr, {"fc1.weight": [1, 0, 1, 0, 0, 1], "fc2.weight": [0, 1, 1, 1, 1, 0]})
+    result = prune(gr, masks)
+    save_model(result.model, tmp_path / "p.onnx")
+    written = onnx.load(str(tmp_path / "p.onnx"))
+    biases = {n.name: n.input[2] for n in written.graph.node if n.name in ("fc1", "fc2")}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in written.graph.initializer}
+    assert inits[biases["fc1"]].shape == (3,) and inits[biases["fc2"]].shape == (4,)
+    ort.InferenceSession(str(tmp_path / "p.onnx")).run(None, random_inputs(g, 0))
+    oracle = {n.name: n.input[2] for n in result.oracle.to_model().graph.node if n.name in ("fc1", "fc2")}
+    assert oracle["fc1"] != oracle["fc2"]  # silenced differently: a copy each
+    c = check(g, result.oracle, written)
+    assert c.ok and c.relative < 1e-5
+    assert np.isfinite(c.max_abs_error)
+
+
+def test_torchscript_se_block_counts_like_torch_and_prunes(tmp_path):
+    """A squeeze-excitation net exported with the legacy TorchScript exporter, BN kept: its equal
+    zero SE biases are merged and routed through Identity nodes."""
+    import torch
+    from torch import nn
+
+    class SE(nn.Module):
+        def __init__(self, c, r):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Conv2d(c, r, 1), nn.Conv2d(r, c, 1)
+            nn.init.zeros_(self.fc1.bias)
+            nn.init.zeros_(self.fc2.bias)
+
+        def forward(self, x):
+            s = x.mean((2, 3), keepdim=True)
+            return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+    def block(cin, c):
+        return nn.Sequential(nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), SE(c, 4))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(block(3, 8), block(8, 8), block(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias, 0, 0.2)
+    path = tmp_path / "se.onnx"
+    torch.onnx.export(net.eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False,
+                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    exported = onnx.load(str(path))
+    assert any(n.op_type == "Identity" for n in exported.graph.node)  # what this test is about
+    g = morphonnx.load(path)
+    assert morphonnx.cost_model(g).params == sum(p.numel() for p in net.parameters())
+    gr = random_prune_ok(path)
+    assert sum(1 for grp in gr.groups if not grp.pinned) >= 3

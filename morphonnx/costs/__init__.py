@@ -171,8 +171,8 @@ def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
         if graph.is_constant(t):
             if work.moves:
                 cost.weight_bytes += ctx.tensor_bytes(t, where)
-            if i not in work.non_params and _is_parameter(graph, t):
-                weights.append(t)
+            if i not in work.non_params:
+                weights += [p for p in graph.parameters_of(t) if _is_parameter(graph, p)]
         elif work.moves and work.read_bytes is None:
             read += ctx.tensor_bytes(t, where)
     if work.moves:
@@ -202,7 +202,8 @@ class CostModel:
 
     @property
     def params(self) -> int:
-        """Parameters, each initializer counted once however many ops read it."""
+        """Parameters, each counted once however many ops read it (a folded constant counts the
+        parameters it is computed from; a duplicate the exporter merged counts on its own)."""
         unique = {w for c in self.ops for w in c.weights}
         return sum(math.prod(self.graph.info(w).shape) for w in unique)
 
