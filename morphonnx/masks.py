@@ -11,6 +11,7 @@ writes the masks as applied back as a masks file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -226,7 +227,8 @@ def legalize(groups: Groups, masks: Masks, multiple: int = 1, conv_groups: str =
     state = _Flat(groups, masks)
     plan = groups.plan
     convs = {node: tuple(state.of_element[b] for b in plan.conv_blocks(node)) for node in plan.grouped_convs}
-    dead = {node: _dead_conv_groups(state, ins, outs, conv_groups) for node, (ins, outs) in convs.items()}
+    dead = {node: _dead_conv_groups(state, ins, outs, conv_groups, multiple)
+            for node, (ins, outs) in convs.items()}
     for node, (ins, outs) in convs.items():
         for j in dead[node]:
             state.set(np.concatenate([ins[j], outs[j]]), False, ("whole conv groups", node))
@@ -248,7 +250,7 @@ def legalize(groups: Groups, masks: Masks, multiple: int = 1, conv_groups: str =
                     changed = True
     state.store(masks)
     masks.dead_conv_groups = {node: sorted(d) for node, d in dead.items() if d}
-    masks.changes = _changes(groups, state)
+    masks.changes += _changes(groups, state)  # a second legalize adds its own
     masks.warnings += _change_warnings(masks.changes, masks.dead_conv_groups, conv_groups)
     return masks
 
@@ -288,24 +290,35 @@ class _Flat:
             masks.keep[gid] = self.alive[self.offset[gid]: self.offset[gid + 1]].copy()
 
 
-def _dead_conv_groups(state: _Flat, ins: np.ndarray, outs: np.ndarray, mode: str) -> set[int]:
+def _dead_conv_groups(state: _Flat, ins: np.ndarray, outs: np.ndarray, mode: str, multiple: int = 1) -> set[int]:
     """Conv groups to remove whole: the ones the masks already remove whole, and in mode "whole"
-    the ones whose removal (instead of filling them up) changes the fewest channels."""
+    the ones whose removal (instead of filling them up) changes the fewest channels, counting the
+    channels `--round multiple` then revives (s surviving groups of t channels need s·t to be a
+    multiple, or every group alive and full)."""
     a, b = state.alive[ins].sum(axis=1), state.alive[outs].sum(axis=1)
-    dead = {j for j in range(len(a)) if a[j] == 0 and b[j] == 0}
-    if mode != "whole":
+    n_groups = len(a)
+    dead = {j for j in range(n_groups) if a[j] == 0 and b[j] == 0}
+    if mode != "whole" or not (a.any() or b.any()):
         return dead
     removable = ~(state.pinned[ins].any(axis=1) | state.pinned[outs].any(axis=1))
-    must = [j for j in range(len(a)) if not removable[j]]
+    must = [j for j in range(n_groups) if not removable[j]]
     order = [j for j in np.argsort(-(a + b), kind="stable").tolist() if removable[j]]
-    best, best_cost = None, None
+
+    def side(counts: np.ndarray, live: list[int], per: int) -> float:
+        t, s = int(counts[live].max()), len(live)
+        while t and t < per and (s * t) % multiple:
+            t += 1
+        if t and (s * t) % multiple and s < n_groups:
+            return math.inf  # the rounding would revive removed groups
+        return s * t - int(counts[live].sum()) + int(counts.sum() - counts[live].sum())
+
+    best, best_cost = set(range(n_groups)), math.inf
     for s in range(0 if must else 1, len(order) + 1):
         live = must + order[:s]
-        cost = int(a[live].max() * len(live) - a[live].sum() + b[live].max() * len(live) - b[live].sum()
-                   + a.sum() - a[live].sum() + b.sum() - b[live].sum())
-        if best_cost is None or cost <= best_cost:
+        cost = side(a, live, ins.shape[1]) + side(b, live, outs.shape[1])
+        if cost <= best_cost:
             best, best_cost = set(live), cost
-    return dead | (set(range(len(a))) - best) if best is not None and (a.any() or b.any()) else dead
+    return dead | (set(range(n_groups)) - best)
 
 
 def _equalize(state: _Flat, blocks: np.ndarray, conv: str) -> bool:
@@ -374,7 +387,7 @@ def _change_warnings(changes: list[MaskChange], dead_conv_groups: dict[str, list
             lines.append(f"equal conv groups of {convs} grouped convs: {what} revived that the masks remove" +
                          (" (--conv-groups whole removes mostly dead conv groups instead)" if mode == "equal" else ""))
         elif action == "revived":
-            lines.append(f"{reason}{f' ({convs} grouped convs)' if convs else ''}: {what} revived that the masks remove")
+            lines.append(f"{reason}: {what} revived that the masks remove")
         else:
             lines.append(f"{reason}: {what} removed that the masks keep, with "
                          f"{sum(map(len, dead_conv_groups.values()))} conv groups of {len(dead_conv_groups)} convs")

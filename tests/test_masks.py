@@ -197,3 +197,16 @@ def test_masks_document_round_trips(rx, tmp_path):
         legal = legalize(rx, again, conv_groups=mode)
         assert not legal.changes and legal.dead_conv_groups == {"g.conv": [2]}
         assert all(np.array_equal(legal.keep[k], m.keep[k]) for k in m.keep)
+
+
+def test_whole_mode_keeps_conv_groups_that_round_would_need(rx):
+    masks = masks_from_sources(rx, {"a.conv": blocks([4, 4, 1, 4]), "g.conv": blocks([4, 4, 1, 4])})
+    assert legalize(rx, masks, multiple=4, conv_groups="whole").dead_conv_groups == {"g.conv": [2]}
+    m = legalize(rx, masks, multiple=8, conv_groups="whole")  # 3 groups of 4 are no multiple of 8
+    assert not m.dead_conv_groups and not layer_changes(m, "removed") and m.keep[gid(rx, "a.relu")].all()
+    assert sum(c.count for c in m.revived) == 6
+
+
+def test_a_second_legalize_keeps_the_first_ones_changes(rx):
+    m = legalize(rx, masks_from_sources(rx, {"a.conv": blocks([4, 2, 4, 4])}))
+    assert legalize(rx, m).changes == m.changes and len(m.changes) == 1

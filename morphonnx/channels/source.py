@@ -3,7 +3,8 @@
 Removing an output channel removes weight rows and bias entries; removing an input channel
 removes weight columns (the op consumes its input's channels). Depthwise convolution ties
 input channel i to its output block instead; other grouped convolutions keep equal-sized
-groups (`constraints`, legalized in masks.py).
+conv groups (`constraints`, `grouped_convs`, legalized in masks.py); a conv group whose input
+and output blocks are both removed is removed whole (the hook lowers `group`).
 """
 from __future__ import annotations
 
