@@ -7,7 +7,7 @@ Public API:
     analyze(model, profiles=(), batch=None, input_shapes=None) -> Analysis
     find_groups(graph) -> Groups
     masks_from_sources(groups, {source: [1, 0, ...]}) / masks_from_threshold(groups, t) -> Masks
-    legalize(groups, masks, multiple=1) -> Masks
+    legalize(groups, masks, multiple=1, conv_groups="equal") -> Masks (.changes: what it changed, per layer)
     prune(groups, masks) -> PruneResult (.model, .oracle, .folds, .notes)
     check(graph, oracle, pruned_model) -> Check
     Outputs(inputs): stage outputs (.text, .model) and commit them together; write_model(model, path, data_name)

@@ -34,6 +34,9 @@ def _add_mask_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, metavar="T", help="keep channels whose |BN scale| > T")
     p.add_argument("--round", type=int, default=1, metavar="N",
                    help="keep a multiple of N channels in every group (fast kernels want 8 or 16; default 1)")
+    p.add_argument("--conv-groups", choices=("equal", "whole"), default="equal",
+                   help="grouped convs: revive channels until their conv groups are equal (default), or "
+                        "'whole': remove mostly dead conv groups whole (lowers the conv's group count)")
 
 
 def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
@@ -99,7 +102,7 @@ def _masks(args: argparse.Namespace, groups):
         apply_silenced(groups, masks, read_silenced(args.masks), where=where)
     else:
         masks = masks_from_threshold(groups, args.threshold)
-    return legalize(groups, masks, args.round)
+    return legalize(groups, masks, args.round, args.conv_groups)
 
 
 def cmd_structure(args: argparse.Namespace) -> int:

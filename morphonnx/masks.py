@@ -4,11 +4,14 @@ Masks come per source (node name, or weight / BN-scale initializer name) as 0/1 
 channel, from a JSON file `{"masks": {SOURCE: [1, 0, ...]}}` or from BN scales and a threshold
 (MorphNet: alive if |gamma| > T). A group keeps a channel if any of its sources keeps it;
 disagreements are reported, masks on pinned groups are ignored with a warning. `legalize`
-then revives channels so that grouped convolutions keep equal-sized groups.
+then makes grouped convolutions keep equal-sized conv groups (reviving channels, or removing
+whole conv groups) and records every channel it changed, per layer and cause; `masks_document`
+writes the masks as applied back as a masks file.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -29,15 +32,24 @@ class Masks:
     # source node → per output channel, the value a removed channel outputs (default 0): a BN
     # shift carried over from a BN-kept export to the BN-folded one (see `morphonnx structure`).
     silenced: dict[str, np.ndarray] = field(default_factory=dict)
+    changes: list["MaskChange"] = field(default_factory=list)  # what `legalize` changed, per layer and cause
+    dead_conv_groups: dict[str, list[int]] = field(default_factory=dict)  # grouped Conv → conv groups removed whole
+    ignored: dict[str, str] = field(default_factory=dict)  # source → pin reason of the groups its mask was ignored on
 
     def removed(self, gid: int) -> np.ndarray:
         """Group channels that die."""
         return np.flatnonzero(~self.keep[gid])
 
+    @property
+    def revived(self) -> list["MaskChange"]:
+        """Per layer and cause, channels `legalize` kept although the masks remove them."""
+        return [c for c in self.changes if c.action == "revived"]
+
     def copy(self) -> "Masks":
         """An independent copy."""
         return Masks({k: v.copy() for k, v in self.keep.items()}, list(self.warnings), dict(self.disagreements),
-                     dict(self.scores), dict(self.silenced))
+                     dict(self.scores), dict(self.silenced), list(self.changes),
+                     {k: list(v) for k, v in self.dead_conv_groups.items()}, dict(self.ignored))
 
 
 def all_alive(groups: Groups) -> Masks:
@@ -132,12 +144,18 @@ def _vote(groups: Groups, source, alive: np.ndarray, votes: dict, result: Masks)
         g = groups.groups[gid]
         if g.pinned:
             if not vote.all():
-                result.warnings.append(f"group {gid} is pinned ({g.pinned}); the mask of {source.node} is ignored")
+                result.ignored.setdefault(source.node, g.pinned)
             continue
         votes.setdefault(gid, []).append(vote)
 
 
 def _decide(groups: Groups, votes: dict[int, list[np.ndarray]], result: Masks) -> None:
+    by_reason: dict[str, list[str]] = {}
+    for node, reason in result.ignored.items():
+        by_reason.setdefault(reason, []).append(node)
+    for reason, nodes in by_reason.items():
+        result.warnings.append(f"masks ignored on groups pinned ({reason}): {len(nodes)} sources "
+                               f"({', '.join(nodes[:5])}{' ...' if len(nodes) > 5 else ''})")
     for gid, vs in votes.items():
         stack = np.stack(vs)
         keep = stack.any(axis=0)
@@ -152,49 +170,266 @@ def _decide(groups: Groups, votes: dict[int, list[np.ndarray]], result: Masks) -
                                f"{' ...' if len(result.disagreements) > 10 else ''})")
 
 
-def legalize(groups: Groups, masks: Masks, multiple: int = 1) -> Masks:
-    """Revive channels until every grouped convolution keeps the same count in each of its groups
-    and, with `multiple` > 1, every group keeps a multiple of that many channels (or all of them).
+CONV_GROUPS = ("equal", "whole")
+
+
+@dataclass(frozen=True)
+class MaskChange:
+    """Channels of one layer that `legalize` changed against the masks, and why.
+
+    `action` is "revived" (kept although the masks remove them) or "removed" (removed although
+    the masks keep them: whole conv groups); `reason` is "equal conv groups", "whole conv groups"
+    or "--round N"; `conv` the grouped Conv behind it (None for --round). `count` counts output
+    channels of the layer (`node`, weight initializer `weight`), `group_channels` channels of
+    the group (the same for every layer of one group and cause).
+    """
+
+    node: str | None
+    weight: str | None
+    group: int
+    count: int
+    group_channels: int
+    action: str
+    reason: str
+    conv: str | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON form."""
+        return {"node": self.node, "weight": self.weight, "group": self.group, "channels": self.count,
+                "group_channels": self.group_channels, "action": self.action, "reason": self.reason,
+                "conv": self.conv}
+
+
+def legalize(groups: Groups, masks: Masks, multiple: int = 1, conv_groups: str = "equal") -> Masks:
+    """Masks every grouped convolution can run with: each conv group keeps as many input channels
+    and as many output channels as the others, and, with `multiple` > 1, every group keeps a
+    multiple of that many channels (or all of them).
+
+    A conv group whose input and output blocks are both removed is removed whole (the rewrite
+    lowers the conv's `group`); the other conv groups are made equal by reviving channels. With
+    `conv_groups` "whole", mostly dead conv groups are removed whole too: the surviving groups are
+    the ones that minimize the channels changed against the masks (a group survives when it keeps
+    more than about half of what the fullest one keeps), and the channels the masks keep in the
+    others are removed. Input block j and output block j live or die together, also where ties
+    carry them to other convs' blocks (a conflicting conv group stays alive).
 
     Runtimes pick their fast kernels for channel counts that are multiples of their SIMD width
     (onnxruntime on AVX-512: 16); revived channels are the most important dead ones (highest
-    |gamma| when the masks come from BN scales, else the lowest indices).
+    |gamma| when the masks come from BN scales, else the lowest indices), outside of removed
+    conv groups where possible. Every change is recorded in `changes` (per layer, with its
+    cause), summed up in one warning per cause; `dead_conv_groups` lists the removed conv groups.
     """
-    if multiple < 1:
+    if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)) or multiple < 1:
         raise BadInput(f"--round {multiple}: must be a positive integer")
+    if conv_groups not in CONV_GROUPS:
+        raise BadInput(f"--conv-groups {conv_groups}: expected one of {', '.join(CONV_GROUPS)}")
     masks = masks.copy()
-    eg = groups.element_group
+    state = _Flat(groups, masks)
+    plan = groups.plan
+    convs = {node: tuple(state.of_element[b] for b in plan.conv_blocks(node)) for node in plan.grouped_convs}
+    dead = {node: _dead_conv_groups(state, ins, outs, conv_groups, multiple)
+            for node, (ins, outs) in convs.items()}
+    for node, (ins, outs) in convs.items():
+        for j in dead[node]:
+            state.set(np.concatenate([ins[j], outs[j]]), False, ("whole conv groups", node))
     changed = True
     while changed:
-        changed = _round_up(groups, masks, multiple)
-        for blocks in groups.plan.constraints:
-            counts = [sum(bool(masks.keep[eg[e, 0]][eg[e, 1]]) for e in b.tolist()) for b in blocks]
-            target = max(counts)
-            for b, n in zip(blocks, counts):
-                for e in b.tolist():
-                    if n >= target:
-                        break
-                    gid, k = eg[e]
-                    if not masks.keep[gid][k]:
-                        masks.keep[gid][k] = True
-                        n += 1
-                        changed = True
+        protected = np.zeros(len(state.alive), dtype=bool)
+        for node, (ins, outs) in convs.items():
+            for j in dead[node]:
+                protected[ins[j]] = protected[outs[j]] = True
+        changed = _round_up(groups, state, multiple, protected)
+        for node, blocks in convs.items():
+            live = [j for j in range(len(blocks[0])) if j not in dead[node]]
+            for side in blocks:
+                changed |= _equalize(state, side[live], node)
+        for node, (ins, outs) in convs.items():
+            for j in sorted(dead[node]):
+                if state.alive[ins[j]].any() or state.alive[outs[j]].any():  # revived through a tie
+                    dead[node].discard(j)
+                    changed = True
+    state.store(masks)
+    masks.dead_conv_groups = {node: sorted(d) for node, d in dead.items() if d}
+    masks.changes += _changes(groups, state)  # a second legalize adds its own
+    masks.warnings += _change_warnings(masks.changes, masks.dead_conv_groups, conv_groups)
     return masks
 
 
-def _round_up(groups: Groups, masks: Masks, multiple: int) -> bool:
+class _Flat:
+    """Alive flags of every group channel in one flat array (group g at offset[g]), with what
+    each changed channel was changed for."""
+
+    def __init__(self, groups: Groups, masks: Masks):
+        sizes = [g.size for g in groups.groups]
+        self.offset = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        cat = lambda arrays, dtype: np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
+        self.alive = cat([np.asarray(masks.keep[g.id], dtype=bool) for g in groups.groups], bool)
+        self.original = self.alive.copy()
+        self.pinned = cat([np.full(g.size, g.pinned is not None) for g in groups.groups], bool)
+        self.score = cat([masks.scores.get(g.id, np.zeros(g.size)) for g in groups.groups], float)
+        eg = groups.element_group
+        self.of_element = self.offset[eg[:, 0]] + eg[:, 1] if len(eg) else np.zeros(0, np.int64)
+        self.cause: dict[int, tuple[str, str | None]] = {}
+
+    def set(self, flat: np.ndarray, value: bool, cause: tuple[str, str | None]) -> bool:
+        """Set these channels alive (or dead); True if any changed."""
+        flat = np.unique(flat[self.alive[flat] != value])
+        for i in flat.tolist():
+            self.cause[i] = cause
+        self.alive[flat] = value
+        return bool(len(flat))
+
+    def order(self, flat: np.ndarray, protected: np.ndarray | None = None) -> np.ndarray:
+        """Dead channels among `flat`, the ones to revive first first."""
+        dead = np.unique(flat[~self.alive[flat]])
+        keys = [dead, -self.score[dead]] + ([protected[dead]] if protected is not None else [])
+        return dead[np.lexsort(keys)]  # the last key sorts first
+
+    def store(self, masks: Masks) -> None:
+        for gid in masks.keep:
+            masks.keep[gid] = self.alive[self.offset[gid]: self.offset[gid + 1]].copy()
+
+
+def _dead_conv_groups(state: _Flat, ins: np.ndarray, outs: np.ndarray, mode: str, multiple: int = 1) -> set[int]:
+    """Conv groups to remove whole: the ones the masks already remove whole, and in mode "whole"
+    the ones whose removal (instead of filling them up) changes the fewest channels, counting the
+    channels `--round multiple` then revives (s surviving groups of t channels need s·t to be a
+    multiple, or every group alive and full)."""
+    a, b = state.alive[ins].sum(axis=1), state.alive[outs].sum(axis=1)
+    n_groups = len(a)
+    dead = {j for j in range(n_groups) if a[j] == 0 and b[j] == 0}
+    if mode != "whole" or not (a.any() or b.any()):
+        return dead
+    removable = ~(state.pinned[ins].any(axis=1) | state.pinned[outs].any(axis=1))
+    must = [j for j in range(n_groups) if not removable[j]]
+    order = [j for j in np.argsort(-(a + b), kind="stable").tolist() if removable[j]]
+
+    def side(counts: np.ndarray, live: list[int], per: int) -> float:
+        t, s = int(counts[live].max()), len(live)
+        while t and t < per and (s * t) % multiple:
+            t += 1
+        if t and (s * t) % multiple and s < n_groups:
+            return math.inf  # the rounding would revive removed groups
+        return s * t - int(counts[live].sum()) + int(counts.sum() - counts[live].sum())
+
+    best, best_cost = set(range(n_groups)), math.inf
+    for s in range(0 if must else 1, len(order) + 1):
+        live = must + order[:s]
+        cost = side(a, live, ins.shape[1]) + side(b, live, outs.shape[1])
+        if cost <= best_cost:
+            best, best_cost = set(live), cost
+    return dead | (set(range(n_groups)) - best)
+
+
+def _equalize(state: _Flat, blocks: np.ndarray, conv: str) -> bool:
+    """Revive channels until these blocks keep equal counts; True if any was revived."""
+    if not len(blocks):
+        return False
+    counts = state.alive[blocks].sum(axis=1)
+    target, changed = counts.max(), False
+    for block, n in zip(blocks, counts):
+        for i in state.order(block).tolist():
+            if n >= target:
+                break
+            changed |= state.set(np.array([i]), True, ("equal conv groups", conv))
+            n = state.alive[block].sum()
+    return changed
+
+
+def _round_up(groups: Groups, state: _Flat, multiple: int, protected: np.ndarray) -> bool:
     changed = False
     if multiple == 1:
         return changed
     for g in groups.groups:
-        keep = masks.keep[g.id]
-        n = int(keep.sum())
+        span = np.arange(state.offset[g.id], state.offset[g.id + 1])
+        n = int(state.alive[span].sum())
         target = min(g.size, -(-n // multiple) * multiple)
         if g.pinned or n == 0 or n == target:
             continue
-        dead = np.flatnonzero(~keep)
-        score = masks.scores.get(g.id)
-        order = dead[np.argsort(-score[dead], kind="stable")] if score is not None else dead
-        keep[order[: target - n]] = True
-        changed = True
+        changed |= state.set(state.order(span, protected)[: target - n], True, (f"--round {multiple}", None))
     return changed
+
+
+def _changes(groups: Groups, state: _Flat) -> list[MaskChange]:
+    """Per layer and cause, the channels that differ from the masks."""
+    out = []
+    for g in groups.groups:
+        span = slice(state.offset[g.id], state.offset[g.id + 1])
+        diff = np.flatnonzero(state.alive[span] != state.original[span])
+        by_cause: dict[tuple[str, str, str | None], list[int]] = {}
+        for k in diff.tolist():
+            reason, conv = state.cause[int(state.offset[g.id]) + k]
+            action = "revived" if state.alive[state.offset[g.id] + k] else "removed"
+            by_cause.setdefault((action, reason, conv), []).append(k)
+        layers = [(s, ch) for s, ch in g.sources if s.kind == "weight"] or list(g.sources)
+        for (action, reason, conv), ks in by_cause.items():
+            if not layers:
+                out.append(MaskChange(None, None, g.id, len(ks), len(ks), action, reason, conv))
+            for s, ch in layers:
+                out.append(MaskChange(s.node, s.weight, g.id, sum(len(ch[k]) for k in ks), len(ks), action, reason,
+                                      conv))
+    return out
+
+
+def _change_warnings(changes: list[MaskChange], dead_conv_groups: dict[str, list[int]], mode: str) -> list[str]:
+    """One line per cause."""
+    lines = []
+    by: dict[tuple[str, str], list[MaskChange]] = {}
+    for c in changes:
+        by.setdefault((c.action, c.reason), []).append(c)
+    for (action, reason), cs in sorted(by.items()):
+        n = sum(c.count for c in cs if c.node is not None)
+        layers = len({c.node for c in cs if c.node is not None})
+        convs = len({c.conv for c in cs if c.conv})
+        what = f"{n} output channels of {layers} layers" if layers else \
+            f"{sum(c.group_channels for c in cs)} channels"
+        if action == "revived" and reason == "equal conv groups":
+            lines.append(f"equal conv groups of {convs} grouped convs: {what} revived that the masks remove" +
+                         (" (--conv-groups whole removes mostly dead conv groups instead)" if mode == "equal" else ""))
+        elif action == "revived":
+            lines.append(f"{reason}: {what} revived that the masks remove")
+        else:
+            lines.append(f"{reason}: {what} removed that the masks keep, with "
+                         f"{sum(map(len, dead_conv_groups.values()))} conv groups of {len(dead_conv_groups)} convs")
+    return lines
+
+
+def revived_summary(masks: Masks) -> dict:
+    """What `legalize` changed against the masks (JSON-ready): per action ("revived", "removed"),
+    the total output channels of layers (`channels`) and of groups (`group_channels`), the
+    channels per cause, and every layer's record; plus disagreements and removed conv groups."""
+    doc: dict = {}
+    for action in ("revived", "removed"):
+        cs = [c for c in masks.changes if c.action == action]
+        by_reason: dict[str, int] = {}
+        for c in cs:
+            by_reason[c.reason] = by_reason.get(c.reason, 0) + c.count
+        doc[action] = {"channels": sum(c.count for c in cs),
+                       "group_channels": sum({(c.group, c.reason, c.conv): c.group_channels for c in cs}.values()),
+                       "by_reason": by_reason, "layers": [c.to_dict() for c in cs]}
+    doc["dead_conv_groups"] = {node: list(js) for node, js in masks.dead_conv_groups.items()}
+    doc["disagreements"] = {"groups": len(masks.disagreements), "channels": sum(masks.disagreements.values())}
+    return doc
+
+
+def masks_document(groups: Groups, masks: Masks) -> dict:
+    """The masks as applied, as a masks file: `{"masks": {SOURCE: [0/1 per output channel]}}` for
+    every source (named by its weight or BN scale initializer where that names it alone, else by
+    its node), and `"silenced"` where removed channels output other values than 0.
+    `masks_from_sources(groups, doc["masks"])` gives back these masks (and `legalize` leaves them)."""
+    lookup = groups.by_source_name()
+    doc: dict = {"masks": {}}
+    silenced: dict[str, list[float]] = {}
+    eg = groups.element_group
+    for s in groups.plan.sources:
+        ids = groups.plan.ids(s.tensor)
+        keep = np.array([masks.keep[int(gid)][int(k)] for gid, k in eg[ids]], dtype=bool)
+        key = s.weight if s.weight and lookup.get(s.weight) == [s] else s.node
+        if key in doc["masks"]:
+            continue
+        doc["masks"][key] = keep.astype(int).tolist()
+        if s.node in masks.silenced:
+            silenced[key] = [float(v) for v in masks.silenced[s.node]]
+    if silenced:
+        doc["silenced"] = silenced
+    return doc

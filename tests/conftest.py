@@ -103,8 +103,9 @@ class Net:
         return model(self.nodes, [self.input], [tensor(o, None) for o in outputs], self.inits, opset=opset)
 
 
-def random_masks(groups, seed: int):
-    """Masks keeping a random share (10% to 90%) of every unpinned group, at least one channel."""
+def random_masks(groups, seed: int, legal: bool = True):
+    """Masks keeping a random share (10% to 90%) of every unpinned group, at least one channel
+    (legalized unless `legal` is False)."""
     from morphonnx.masks import all_alive, legalize
     rng = np.random.default_rng(seed)
     masks = all_alive(groups)
@@ -113,7 +114,7 @@ def random_masks(groups, seed: int):
             keep = rng.random(grp.size) < rng.uniform(0.1, 0.9)
             keep[rng.integers(grp.size)] = True
             masks.keep[grp.id] = keep
-    return legalize(groups, masks)
+    return legalize(groups, masks) if legal else masks
 
 
 def random_prune_ok(m, seeds=(0, 1, 2)):

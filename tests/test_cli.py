@@ -176,3 +176,19 @@ def test_the_demo_flow_on_the_default_model(tmp_path, capsys):
     assert main(["compare", str(DEFAULT_MODEL), str(pruned), "--profile", "v100"]) == 0
     out = capsys.readouterr().out
     assert "onnx full checker passed" in out and "speedup of model 1: v100" in out
+
+
+@pytest.mark.parametrize("mode, groups_left", [("equal", 4), ("whole", 3)])
+def test_prune_conv_groups(tmp_path, capsys, mode, groups_left):
+    from test_masks import blocks, resnext_block
+    onnx.save(resnext_block(), tmp_path / "rx.onnx")
+    masks = tmp_path / "masks.json"
+    masks.write_text(json.dumps({"masks": {"a.conv": blocks([4, 4, 1, 4]), "g.conv": blocks([3, 4, 1, 2])}}))
+    out = tmp_path / "pruned.onnx"
+    assert main(["prune", str(tmp_path / "rx.onnx"), "-o", str(out), "--masks", str(masks),
+                 "--conv-groups", mode]) == 0
+    err = capsys.readouterr().err
+    assert "equal conv groups of 1 grouped convs" in err and ("whole conv groups: 2 output channels" in err) == \
+        (mode == "whole")
+    conv = next(n for n in onnx.load(str(out)).graph.node if n.name == "g.conv")
+    assert next(a.i for a in conv.attribute if a.name == "group") == groups_left

@@ -9,7 +9,8 @@ import pytest
 import morphonnx
 from morphonnx import BadInput
 from morphonnx.groups import find_groups
-from morphonnx.masks import legalize, masks_from_sources, masks_from_threshold, read_masks_file
+from morphonnx.masks import (legalize, masks_document, masks_from_sources, masks_from_threshold, read_masks_file,
+                             revived_summary)
 
 from conftest import Net
 
@@ -92,3 +93,120 @@ def test_round_to_multiples_revives_the_largest_gammas(groups):
     assert keep.sum() == 4 and set(np.flatnonzero(keep)) == set(np.argsort(-scale)[:4])
     with pytest.raises(BadInput, match="--round 0"):
         legalize(groups, m, multiple=0)
+
+
+# ---- grouped convolutions: what legalize changes, and the masks as applied ------------------------
+
+def resnext_block(group: int = 4, width: int = 16, residual_around_gconv: bool = False):
+    """stem(8) → 1x1 (width) → grouped 3x3 (`group` conv groups) → 1x1 (8) + the stem, a classifier.
+    With `residual_around_gconv`, the grouped conv's output is also added to its input (tied blocks)."""
+    n = Net(size=6)
+    stem = n.cbr("x", 4, 8, name="stem")
+    a = n.cbr(stem, 8, width, k=1, name="a")
+    g = n.cbr(a, width, width, group=group, name="g")
+    if residual_around_gconv:
+        g = n.node("Add", [a, g], "g.add")
+    b = n.cbr(g, width, 8, k=1, name="b")
+    y = n.node("Add", [stem, b], "add")
+    p = n.node("Flatten", [n.node("GlobalAveragePool", [y])], axis=1)
+    n.node("Gemm", [p, n.param((3, 8), "fc.weight")], "fc", transB=1)
+    return n.model("fc")
+
+
+def blocks(counts, per=4):
+    """A 0/1 mask of len(counts) blocks of `per` channels keeping the first counts[j] of block j."""
+    return [int(i < c) for c in counts for i in range(per)]
+
+
+@pytest.fixture(scope="module")
+def rx():
+    return find_groups(morphonnx.load(resnext_block()))
+
+
+def layer_changes(masks, action="revived"):
+    return {(c.node, c.weight, c.count, c.reason, c.conv) for c in masks.changes if c.action == action}
+
+
+def test_equal_conv_groups_report_revived_channels_per_layer(rx):
+    m = legalize(rx, masks_from_sources(rx, {"a.conv": blocks([4, 2, 1, 3]), "g.conv.weight": blocks([2, 4, 4, 4])}))
+    assert m.keep[gid(rx, "a.relu")].tolist() == [1] * 16 and m.keep[gid(rx, "g.relu")].all()
+    assert layer_changes(m) == {("a.conv", "a.conv.weight", 6, "equal conv groups", "g.conv"),
+                                ("g.conv", "g.conv.weight", 2, "equal conv groups", "g.conv")}
+    assert m.revived == [c for c in m.changes if c.action == "revived"] and not layer_changes(m, "removed")
+    s = revived_summary(m)
+    assert s["revived"]["channels"] == 8 and s["revived"]["group_channels"] == 8
+    assert s["revived"]["by_reason"] == {"equal conv groups": 8} and s["removed"]["channels"] == 0
+    assert {r["node"] for r in s["revived"]["layers"]} == {"a.conv", "g.conv"}
+    assert json.loads(json.dumps(s)) == s
+    [w] = [w for w in m.warnings if "equal conv groups" in w]
+    assert "8 output channels of 2 layers revived" in w and "--conv-groups whole" in w
+
+
+def test_round_is_reported_as_its_own_cause(groups):
+    m = legalize(groups, masks_from_sources(groups, {"a.conv": [1, 0, 0, 0, 0, 0]}), multiple=4)
+    assert layer_changes(m) == {("a.conv", "a.conv.weight", 3, "--round 4", None)}
+    assert revived_summary(m)["revived"]["by_reason"] == {"--round 4": 3}
+    assert any(w.startswith("--round 4: 3 output channels of 1 layers revived") for w in m.warnings)
+
+
+def test_conv_groups_the_masks_remove_whole_stay_removed(rx):
+    m = legalize(rx, masks_from_sources(rx, {"a.conv": blocks([2, 0, 2, 2]), "g.conv": blocks([3, 0, 3, 1])}))
+    assert m.dead_conv_groups == {"g.conv": [1]}
+    assert layer_changes(m) == {("g.conv", "g.conv.weight", 2, "equal conv groups", "g.conv")}
+    assert m.keep[gid(rx, "a.relu")].tolist() == blocks([2, 0, 2, 2])
+
+
+def test_whole_mode_removes_mostly_dead_conv_groups(rx):
+    masks = masks_from_sources(rx, {"a.conv": blocks([4, 4, 1, 4]), "g.conv": blocks([4, 3, 1, 4])})
+    equal = legalize(rx, masks)
+    assert sum(c.count for c in equal.revived) == 7 and equal.keep[gid(rx, "a.relu")].all()
+    whole = legalize(rx, masks, conv_groups="whole")
+    assert whole.dead_conv_groups == {"g.conv": [2]}
+    assert whole.keep[gid(rx, "a.relu")].tolist() == blocks([4, 4, 0, 4])
+    assert whole.keep[gid(rx, "g.relu")].tolist() == blocks([4, 4, 0, 4])
+    assert layer_changes(whole, "removed") == {("a.conv", "a.conv.weight", 1, "whole conv groups", "g.conv"),
+                                              ("g.conv", "g.conv.weight", 1, "whole conv groups", "g.conv")}
+    assert layer_changes(whole) == {("g.conv", "g.conv.weight", 1, "equal conv groups", "g.conv")}
+    assert revived_summary(whole)["dead_conv_groups"] == {"g.conv": [2]}
+    assert any("whole conv groups: 2 output channels of 2 layers removed" in w for w in whole.warnings)
+    with pytest.raises(BadInput, match="--conv-groups nope"):
+        legalize(rx, masks, conv_groups="nope")
+
+
+def test_whole_mode_never_removes_pinned_channels():
+    n = Net(size=6)
+    a = n.cbr("x", 4, 8, k=1, name="a")
+    g = n.conv(a, 8, 8, group=4, name="g")  # a graph output: pinned
+    gr = find_groups(morphonnx.load(n.model(g)))
+    m = legalize(gr, masks_from_sources(gr, {"a.conv": blocks([2, 1, 0, 2], per=2)}), conv_groups="whole")
+    assert m.keep[gid(gr, "a.relu")].all() and not m.dead_conv_groups
+
+
+def test_masks_document_round_trips(rx, tmp_path):
+    m = legalize(rx, masks_from_sources(rx, {"a.conv": blocks([4, 4, 1, 4]), "g.conv": blocks([4, 4, 0, 4]),
+                                       "b.conv": [1, 0] * 4}),
+                 conv_groups="whole")
+    m.silenced["b.conv"] = np.arange(8, dtype=np.float32)
+    doc = masks_document(rx, m)
+    assert {"a.conv.weight", "a.bn.weight", "g.conv.weight", "b.conv.weight", "stem.conv.weight"} <= set(doc["masks"])
+    assert doc["silenced"] == {"b.conv.weight": [float(i) for i in range(8)]}
+    (tmp_path / "applied.json").write_text(json.dumps(doc))
+    again = masks_from_sources(rx, read_masks_file(tmp_path / "applied.json"))
+    assert not again.disagreements and not again.warnings
+    for mode in ("equal", "whole"):
+        legal = legalize(rx, again, conv_groups=mode)
+        assert not legal.changes and legal.dead_conv_groups == {"g.conv": [2]}
+        assert all(np.array_equal(legal.keep[k], m.keep[k]) for k in m.keep)
+
+
+def test_whole_mode_keeps_conv_groups_that_round_would_need(rx):
+    masks = masks_from_sources(rx, {"a.conv": blocks([4, 4, 1, 4]), "g.conv": blocks([4, 4, 1, 4])})
+    assert legalize(rx, masks, multiple=4, conv_groups="whole").dead_conv_groups == {"g.conv": [2]}
+    m = legalize(rx, masks, multiple=8, conv_groups="whole")  # 3 groups of 4 are no multiple of 8
+    assert not m.dead_conv_groups and not layer_changes(m, "removed") and m.keep[gid(rx, "a.relu")].all()
+    assert sum(c.count for c in m.revived) == 6
+
+
+def test_a_second_legalize_keeps_the_first_ones_changes(rx):
+    m = legalize(rx, masks_from_sources(rx, {"a.conv": blocks([4, 2, 4, 4])}))
+    assert legalize(rx, m).changes == m.changes and len(m.changes) == 1

@@ -2,17 +2,20 @@
 contract on every model of the zoo with random masks (3 seeds)."""
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 
 import morphonnx
 from morphonnx.groups import find_groups
-from morphonnx.masks import all_alive, masks_from_sources
-from morphonnx.rewrite import prune
+from morphonnx.masks import all_alive, legalize, masks_document, masks_from_sources, read_masks_file
 from morphonnx.output import Outputs
+from morphonnx.rewrite import prune
 from morphonnx.verify import check
 
 from conftest import Net, export_zoo, random_masks, random_prune_ok
+from test_masks import blocks, resnext_block
 
 
 def bn_kept_net() -> onnx.ModelProto:
@@ -172,3 +175,91 @@ def test_torchscript_se_block_counts_like_torch_and_prunes(tmp_path):
     assert morphonnx.cost_model(g).params == sum(p.numel() for p in net.parameters())
     gr = random_prune_ok(path)
     assert sum(1 for grp in gr.groups if not grp.pinned) >= 3
+
+# ---- grouped convolutions: equal groups, whole groups removed ---------------------------------------
+
+def conv_node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.name == name)
+
+
+def group_attr(model: onnx.ModelProto, name: str) -> int:
+    return next(a.i for a in conv_node(model, name).attribute if a.name == "group")
+
+
+def weight_shape(model: onnx.ModelProto, name: str) -> list[int]:
+    return next(list(t.dims) for t in model.graph.initializer if t.name == name)
+
+
+@pytest.mark.parametrize("residual_around_gconv", [False, True])
+@pytest.mark.parametrize("mode", ["equal", "whole"])
+def test_resnext_block_with_random_masks(mode, residual_around_gconv):
+    g = morphonnx.load(resnext_block(residual_around_gconv=residual_around_gconv))
+    gr = find_groups(g)
+    for seed in range(6):
+        masks = legalize(gr, random_masks(gr, seed, legal=False), conv_groups=mode)
+        result = prune(gr, masks)
+        c = check(g, result.oracle, result.model)
+        assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}"
+        dead = len(masks.dead_conv_groups.get("g.conv", []))
+        assert group_attr(result.model, "g.conv") == 4 - dead
+
+
+def test_whole_conv_groups_are_removed_from_the_model():
+    g = morphonnx.load(resnext_block())
+    gr = find_groups(g)
+    masks = masks_from_sources(gr, {"a.conv": blocks([4, 4, 1, 4]), "g.conv": blocks([3, 4, 1, 2])})
+    equal, whole = legalize(gr, masks), legalize(gr, masks, conv_groups="whole")
+    assert sum(c.count for c in whole.revived) < sum(c.count for c in equal.revived)
+    for m, groups_left, shape in ((equal, 4, [16, 4, 3, 3]), (whole, 3, [12, 4, 3, 3])):
+        result = prune(gr, m)
+        assert check(g, result.oracle, result.model).ok
+        assert group_attr(result.model, "g.conv") == groups_left
+        assert weight_shape(result.model, "g.conv.weight") == shape
+    assert weight_shape(result.model, "a.conv.weight") == [12, 8, 1, 1]
+
+
+def test_conv_groups_dead_in_the_masks_go_in_either_mode():
+    g = morphonnx.load(resnext_block())
+    gr = find_groups(g)
+    masks = masks_from_sources(gr, {"a.conv": blocks([2, 0, 2, 0]), "g.conv": blocks([1, 0, 3, 0])})
+    for mode in ("equal", "whole"):
+        result = prune(gr, legalize(gr, masks, conv_groups=mode))
+        assert check(g, result.oracle, result.model).ok
+        assert group_attr(result.model, "g.conv") == 2 and weight_shape(result.model, "g.conv.weight") == [6, 2, 3, 3]
+
+
+def test_unequal_conv_groups_are_refused_by_the_rewrite():
+    gr = find_groups(morphonnx.load(resnext_block()))
+    with pytest.raises(ValueError, match="do not form equal conv groups"):
+        prune(gr, masks_from_sources(gr, {"g.conv": blocks([3, 4, 4, 4])}))
+
+
+@pytest.mark.parametrize("mode", ["equal", "whole"])
+def test_applied_masks_reproduce_the_model(mode, tmp_path):
+    g = morphonnx.load(resnext_block())
+    gr = find_groups(g)
+    for seed in range(3):
+        result = prune(gr, legalize(gr, random_masks(gr, seed, legal=False), multiple=3, conv_groups=mode))
+        (tmp_path / "applied.json").write_text(json.dumps(masks_document(gr, result.masks)))
+        again = legalize(gr, masks_from_sources(gr, read_masks_file(tmp_path / "applied.json")), multiple=3,
+                         conv_groups=mode)
+        assert not again.changes
+        assert prune(gr, again).model.SerializeToString() == result.model.SerializeToString()
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_convs_are_not_conv_groups(multiplier):
+    n = Net()
+    x = n.cbr("x", 4, 6, name="pre")
+    dw = n.cbr(x, 6, 6 * multiplier, group=6, name="dw")
+    y = n.cbr(dw, 6 * multiplier, 4, k=1, name="pw")
+    m = n.model(n.node("Flatten", [n.node("GlobalAveragePool", [y])], axis=1))
+    g = morphonnx.load(m)
+    gr = find_groups(g)
+    assert not gr.plan.grouped_convs
+    masks = masks_from_sources(gr, {"pre.conv": [1, 0, 0, 1, 0, 0]})
+    for mode in ("equal", "whole"):
+        legal = legalize(gr, masks, conv_groups=mode)
+        assert not legal.changes and not legal.dead_conv_groups
+        result = prune(gr, legal)
+        assert check(g, result.oracle, result.model).ok and group_attr(result.model, "dw.conv") == 2

@@ -91,6 +91,8 @@ class ChannelPlan:
     hooks: dict[str, Callable] = field(default_factory=dict)  # node → rewrite hook for attributes
     # (tensor, number of equal blocks): the groups of a grouped conv must keep equal counts.
     block_constraints: list[tuple[str, int]] = field(default_factory=list)
+    # grouped (not depthwise) Conv node → (input, output, group): input block j feeds output block j.
+    grouped_convs: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     no_rule: dict[str, list[str]] = field(default_factory=dict)  # op_type → node names
     # set by finalize():
     rep: dict[str, str] = field(default_factory=dict)
@@ -114,6 +116,11 @@ class ChannelPlan:
             per = self.spaces[tensor].size // n
             out.append([self.ids(tensor, range(j * per, (j + 1) * per)) for j in range(n)])
         return out
+
+    def conv_blocks(self, node: str) -> tuple[np.ndarray, np.ndarray]:
+        """Element ids of a grouped conv's input blocks and output blocks, [group, channels per group] each."""
+        x, out, n = self.grouped_convs[node]
+        return self.ids(x).reshape(n, -1), self.ids(out).reshape(n, -1)
 
     def finalize(self) -> None:
         """Give each alias class its channel elements, then apply partial ties and pins."""

@@ -3,7 +3,8 @@
 Removing an output channel removes weight rows and bias entries; removing an input channel
 removes weight columns (the op consumes its input's channels). Depthwise convolution ties
 input channel i to its output block instead; other grouped convolutions keep equal-sized
-groups (`constraints`, legalized in masks.py).
+conv groups (`constraints`, `grouped_convs`, legalized in masks.py); a conv group whose input
+and output blocks are both removed is removed whole (the hook lowers `group`).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def conv(ctx: TieContext) -> None:
         return
     ctx.consume(0)
     ctx.plan.block_constraints += [(x, group), (out, group)]
+    ctx.plan.grouped_convs[ctx.node.name] = (x, out, group)
     ctx.hook(_grouped_columns(c_in // group, c_out // group))
 
 
@@ -49,7 +51,9 @@ def _depthwise_group(rw) -> None:
 
 
 def _grouped_columns(in_per_group: int, out_per_group: int):
-    """Each kept output row keeps the columns of the input channels its group keeps."""
+    """Each kept output row keeps the columns of the input channels its group keeps. A conv group
+    whose input and output blocks are both removed is gone (`legalize`, `conv_groups`): `group`
+    becomes the count of surviving groups, each keeping as many inputs and outputs as the others."""
     def hook(rw) -> None:
         x = rw.node.inputs[0]
         kept_in = rw.kept(x)
@@ -59,10 +63,18 @@ def _grouped_columns(in_per_group: int, out_per_group: int):
         n_groups = rw.size(x) // in_per_group
         kept_in = np.arange(rw.size(x)) if kept_in is None else kept_in
         kept_out = np.arange(n_groups * out_per_group) if kept_out is None else kept_out
-        local = [kept_in[(kept_in // in_per_group) == j] - j * in_per_group for j in range(n_groups)]
+        g_in, g_out = kept_in // in_per_group, kept_out // out_per_group
+        live = np.unique(g_out)
+        n_in, n_out = np.bincount(g_in, minlength=n_groups)[live], np.bincount(g_out, minlength=n_groups)[live]
+        if not np.array_equal(np.unique(g_in), live) or len(set(n_in.tolist())) > 1 or len(set(n_out.tolist())) > 1:
+            raise ValueError(f"Conv '{rw.node.name}': the kept channels do not form equal conv groups "
+                             f"(inputs {n_in.tolist()}, outputs {n_out.tolist()} per group): legalize the masks")
+        local = {j: kept_in[g_in == j] - j * in_per_group for j in live.tolist()}
         w = rw.const(1)
         rows = [w[r, local[o // out_per_group]] for r, o in enumerate(kept_out)]
         rw.set_const(1, np.stack(rows))
+        if len(live) != n_groups:
+            rw.set_attr("group", len(live))
     return hook
 
 
