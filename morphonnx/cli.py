@@ -58,11 +58,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _finish(out: Outputs, *announce: str | None) -> None:
-    """Commit the command's outputs, then say which files were written."""
+    """Commit the command's outputs, then say which files were written (on stderr when stdout
+    carries an output)."""
     out.commit()
+    stream = sys.stderr if "-" in announce else sys.stdout
     for path in announce:
         if path and path != "-":
-            print(f"wrote {path}")
+            print(f"wrote {path}", file=stream)
 
 
 def _groups(args: argparse.Namespace, out: Outputs | None = None):
@@ -126,11 +128,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """Rewrite the model with masks, fold removed channels' constants, write the pruned model and
     verify that file, reopened from disk, against the oracle."""
     from .report import human
+    from .masks import masks_document, revived_summary
     from .rewrite import channel_counts, prune, summarize
     from .verify import check
     with Outputs([args.model, args.masks]) as out:
         out.claim(args.output, stdout=False, companions=[args.output and os.path.basename(args.output) + ".data"])
         out.claim(args.json)
+        out.claim(args.masks_out)
         graph, groups = _groups(args, out)
         result = prune(groups, _masks(args, groups))
         for w in result.masks.warnings + result.notes:
@@ -146,6 +150,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if costs["folded_constant_values"]:
             say(f"bias maps {human(costs['folded_constant_values']):>9s} constant values (not counted as params)")
         say(f"nodes    {len(graph.nodes):>10d} -> {len(result.model.graph.node):>10d}")
+        changes = revived_summary(result.masks)
+        _print_changes(changes, args.verbose, say)
         _print_topology(groups, result, args.verbose, say)
         kinds = {k: list(result.folds.values()).count(k) for k in sorted(set(result.folds.values()))}
         if kinds:
@@ -155,7 +161,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
                    "params": costs["params"], "folded_constant_values": costs["folded_constant_values"],
                    "channels": list(ch), "nodes": [len(graph.nodes), len(result.model.graph.node)],
                    "removed_layers": result.removed_layers(), "folds": result.folds,
-                   "warnings": result.masks.warnings + result.notes, "check": None}
+                   "masks_changed": changes, "warnings": result.masks.warnings + result.notes, "check": None}
+        if args.masks_out:
+            out.text(args.masks_out, json.dumps(masks_document(groups, result.masks), indent=1))
         code = 0
         if not args.no_check:
             c = check(graph, result.oracle, staged)
@@ -175,8 +183,27 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 code = 1
         if args.json:
             out.text(args.json, json.dumps(summary, indent=1))
-        _finish(out, *(() if code else (args.output,)), args.json)
+        if code and args.masks_out:
+            out.text(args.masks_out, json.dumps(masks_document(groups, result.masks), indent=1))
+        _finish(out, *(() if code else (args.output,)), args.json, args.masks_out)
     return code
+
+
+def _print_changes(changes: dict, verbose: bool, say=print) -> None:
+    """Channels the masks had to change to be legal, in total and per layer."""
+    for action in ("revived", "removed"):
+        doc = changes[action]
+        if not doc["channels"]:
+            continue
+        why = ", ".join(f"{n} for {r}" for r, n in doc["by_reason"].items())
+        say(f"{action} {doc['channels']} channels against the masks ({why})")
+        layers = sorted(doc["layers"], key=lambda r: -r["channels"])
+        for r in layers[: None if verbose else 5]:
+            say(f"  {r['weight'] or r['node'] or 'group ' + str(r['group'])}: {r['channels']} ({r['reason']})")
+        if not verbose and len(layers) > 5:
+            say(f"  ... {len(layers) - 5} more layers (--verbose)")
+    if changes["revived"]["channels"] or changes["removed"]["channels"]:
+        say("  (the masks as applied: --masks-out FILE; per layer: --json FILE)")
 
 
 def _print_topology(groups, result, verbose: bool, say=print) -> None:
@@ -352,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_.add_argument("-o", "--output", required=True, help="pruned ONNX model to write")
     _add_mask_options(p_)
     p_.add_argument("--no-check", action="store_true", help="skip the checker and the equivalence check")
-    p_.add_argument("--json", metavar="OUT", help="write a summary (costs, removed layers, folds, check) as JSON; - for stdout")
+    p_.add_argument("--json", metavar="OUT", help="write a summary (costs, removed layers, folds, channels the masks "
+                    "had to change, check) as JSON; - for stdout")
+    p_.add_argument("--masks-out", metavar="FILE", help="write the masks actually applied (after equal conv groups, "
+                    "--round, and channels kept since not foldable) as a masks file for --masks")
     p_.add_argument("--verbose", action="store_true", help="list every removed layer and branch")
     _add_shape_options(p_)
     p_.set_defaults(func=cmd_prune)

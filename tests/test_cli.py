@@ -192,3 +192,24 @@ def test_prune_conv_groups(tmp_path, capsys, mode, groups_left):
         (mode == "whole")
     conv = next(n for n in onnx.load(str(out)).graph.node if n.name == "g.conv")
     assert next(a.i for a in conv.attribute if a.name == "group") == groups_left
+
+
+def test_prune_reports_changed_channels_and_writes_the_applied_masks(tmp_path, capsys):
+    """Masks that leave conv groups unequal: the revived channels are reported in the text and the
+    JSON summary, and the applied masks reproduce the same model."""
+    from test_masks import blocks, resnext_block
+    onnx.save(resnext_block(), tmp_path / "rx.onnx")
+    masks = tmp_path / "masks.json"
+    masks.write_text(json.dumps({"masks": {"a.conv": blocks([4, 4, 1, 4]), "g.conv": blocks([3, 4, 1, 2])}}))
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert main(["prune", str(tmp_path / "rx.onnx"), "-o", str(a), "--masks", str(masks),
+                 "--masks-out", str(tmp_path / "applied.json"), "--json", str(tmp_path / "s.json")]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    revived = summary["masks_changed"]["revived"]
+    assert revived["channels"] > 0 and f"revived {revived['channels']} channels" in text
+    assert summary["check"]["ok"] and summary["check"]["file"] == str(a) and summary["schema_version"] == 1
+    assert main(["prune", str(tmp_path / "rx.onnx"), "-o", str(b), "--masks", str(tmp_path / "applied.json"),
+                 "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["masks_changed"]["revived"]["channels"] == 0
+    assert a.read_bytes() == b.read_bytes()
