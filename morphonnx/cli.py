@@ -446,6 +446,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug of ours: one line and exit 3 (--debug shows the traceback)
+        if debug:
+            raise
+        where = e.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        at = f" at {os.path.basename(where.tb_frame.f_code.co_filename)}:{where.tb_lineno}" if where else ""
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"morphonnx: internal error: {type(e).__name__}{': ' + text if text else ''}{at} "
+              f"(please report it; --debug shows the traceback)", file=sys.stderr)
+        return 3
     except BrokenPipeError:  # `morphonnx ... | head`
         sys.stdout = None
         return 0
