@@ -447,8 +447,9 @@ def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], 
             dtype = info.dtype or np.float32
             feeds[i.name] = (rng.standard_normal(info.shape).astype(dtype) if np.issubdtype(dtype, np.floating)
                              else np.zeros(info.shape, dtype=dtype))
+        listed = {i.name for i in g.input}
         for name, t in weights.items():
-            if name in {i.name for i in g.input}:
+            if name in listed:
                 feeds[name] = values[name] if name in values else numpy_helper.to_array(t, base_dir or "")
         for name, v in values.items():
             feeds.setdefault(name, np.ascontiguousarray(v))
@@ -457,7 +458,8 @@ def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], 
         opts.log_severity_level = 4
         sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs() if o.name in set(unknown)]
-        results = sess.run(names, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})
+        wanted = {i.name for i in sess.get_inputs()}
+        results = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
     except Exception:
         return False
     known = {vi.name for vi in g.value_info}
