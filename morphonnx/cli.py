@@ -94,14 +94,14 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def _masks(args: argparse.Namespace, groups):
-    from .masks import (apply_silenced, legalize, masks_from_sources, masks_from_threshold, read_masks_file,
-                        read_silenced)
+    from .masks import apply_silenced, legalize, masks_from_sources, masks_from_threshold, read_masks_doc
     if (args.masks is None) == (args.threshold is None):
         raise BadInput(f"{args.command}: give exactly one of --masks FILE and --threshold T")
     if args.masks is not None:
         where = f"masks file {args.masks}"
-        masks = masks_from_sources(groups, read_masks_file(args.masks), where=where)
-        apply_silenced(groups, masks, read_silenced(args.masks), where=where)
+        given, silenced = read_masks_doc(args.masks)
+        masks = masks_from_sources(groups, given, where=where)
+        apply_silenced(groups, masks, silenced, where=where)
     else:
         masks = masks_from_threshold(groups, args.threshold)
     return legalize(groups, masks, args.round, args.conv_groups)

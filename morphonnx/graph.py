@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BadInput
+from .validate import MAX_DIM, check_dim, validate_model
 from .fold import Folded, constant_value, constants_to_initializers, fold_constants
 
 Dim = int | str | None  # a static size, a symbolic name, or unknown
@@ -248,14 +249,6 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path | None, path: Pat
                            f"'{t.name}' needs ({need} bytes)")
 
 
-def _check_opset(model: onnx.ModelProto, where: object) -> None:
-    newest = onnx.defs.onnx_opset_version()
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx") and o.version > newest:
-            raise BadInput(f"{where}: opset {o.version} is newer than this onnx ({onnx.__version__}) "
-                           f"knows (up to {newest})")
-
-
 def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
     """Parse `name=1,3,224,224` into ('name', (1, 3, 224, 224))."""
     name, sep, dims = spec.rpartition("=")
@@ -263,10 +256,10 @@ def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
         if not sep or not name:
             raise ValueError
         shape = tuple(int(d) for d in dims.split(","))
-        if not shape or min(shape) <= 0:
+        if not shape or min(shape) <= 0 or max(shape) > MAX_DIM:
             raise ValueError
     except ValueError:
-        raise BadInput(f"--input-shape '{spec}': expected NAME=d0,d1,... with positive integers") from None
+        raise BadInput(f"--input-shape '{spec}': expected NAME=d0,d1,... with integers from 1 to {MAX_DIM}") from None
     return name, shape
 
 
@@ -289,6 +282,9 @@ def _set_input_shapes(model: onnx.ModelProto, batch: int | None, shapes: Mapping
                 tt.shape.dim.add().dim_value = int(d)
         elif tt.HasField("shape") and len(tt.shape.dim):
             first = tt.shape.dim[0]
+            if batch is not None and first.HasField("dim_value") and first.dim_value != batch:
+                raise BadInput(f"--batch {batch}: input '{name}' has a fixed batch of {first.dim_value}; "
+                               f"re-export with a dynamic batch, or give --input-shape {name}=...")
             if batch is not None or not first.HasField("dim_value"):
                 first.Clear()
                 first.dim_value = int(batch if batch is not None else 1)
@@ -362,12 +358,12 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
     symbolic dimensions stay symbolic unless `input_shapes` fixes them. Local functions are
     inlined; external data is checked but read only when an initializer's value is needed.
     """
-    if batch is not None and batch <= 0:
-        raise BadInput(f"--batch {batch}: must be a positive integer")
+    if batch is not None:
+        check_dim(batch, "--batch")
     model, base_dir, path = read_model(source)
     where = path or "model"
+    validate_model(model, base_dir, where)
     check_external_data(model, base_dir, path)
-    _check_opset(model, where)
     if model.functions:
         from onnx import inliner
         model = inliner.inline_local_functions(model)

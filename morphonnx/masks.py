@@ -57,27 +57,39 @@ def all_alive(groups: Groups) -> Masks:
     return Masks({g.id: np.ones(g.size, dtype=bool) for g in groups.groups})
 
 
-def read_masks_file(path: str | os.PathLike) -> dict[str, list]:
-    """The `masks` mapping of a masks JSON file (BadInput if unreadable or malformed);
-    see `read_silenced` for its optional `silenced` mapping."""
+def read_masks_doc(path: str | os.PathLike) -> tuple[dict[str, list], dict[str, list]]:
+    """The `masks` and the optional `silenced` mappings of a masks JSON file, read once;
+    BadInput if the file is unreadable, not JSON, or not shaped like one."""
+    where = f"masks file {path}"
     try:
-        doc = json.loads(open(path, encoding="utf-8").read())
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
+        doc = json.loads(text, parse_constant=_no_constant)
     except FileNotFoundError:
-        raise BadInput(f"masks file {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInput(f"masks file {path}: not valid JSON ({e})") from None
+        raise BadInput(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{where}: is a directory") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{where}: not UTF-8 text (a binary file?)") from None
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{where}: not valid JSON ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise BadInput(f"{where}: nested too deeply to be a masks file") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("masks"), dict):
-        raise BadInput(f"masks file {path}: expected an object {{\"masks\": {{SOURCE: [1, 0, ...]}}}}")
-    return doc["masks"]
-
-
-def read_silenced(path: str | os.PathLike) -> dict[str, list]:
-    """The optional `silenced` mapping of a masks file: SOURCE → value of each removed channel."""
-    doc = json.loads(open(path, encoding="utf-8").read())
-    silenced = doc.get("silenced", {}) if isinstance(doc, dict) else {}
+        raise BadInput(f"{where}: expected an object {{\"masks\": {{SOURCE: [1, 0, ...]}}}}")
+    silenced = doc.get("silenced", {})
     if not isinstance(silenced, dict):
-        raise BadInput(f"masks file {path}: 'silenced' must map sources to lists of numbers")
-    return silenced
+        raise BadInput(f"{where}: 'silenced' must map sources to lists of numbers")
+    return doc["masks"], silenced
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a masks file may hold")
+
+
+def read_masks_file(path: str | os.PathLike) -> dict[str, list]:
+    """The `masks` mapping of a masks JSON file (see `read_masks_doc`)."""
+    return read_masks_doc(path)[0]
 
 
 def apply_silenced(groups: Groups, masks: Masks, silenced: dict[str, list], where: str = "masks") -> None:
@@ -90,8 +102,9 @@ def apply_silenced(groups: Groups, masks: Masks, silenced: dict[str, list], wher
         for s in sources:
             size = groups.plan.spaces[s.tensor].size
             if not isinstance(values, list) or len(values) != size or \
-                    not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                raise BadInput(f"{where}: silenced '{name}' must be {size} numbers, one per output channel")
+                    not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                            and abs(v) < 3e38 for v in values):
+                raise BadInput(f"{where}: silenced '{name}' must be {size} finite numbers, one per output channel")
             masks.silenced[s.node] = np.asarray(values, dtype=np.float32)
 
 
@@ -105,9 +118,8 @@ def masks_from_sources(groups: Groups, masks: dict[str, list], where: str = "mas
         if not sources:
             raise BadInput(f"{where}: '{name}' is not a source (a Conv/Gemm/MatMul node, its weight, "
                            f"or a BatchNormalization node or scale)")
-        if not isinstance(values, list) or any(v not in (0, 1) or isinstance(v, float) and v not in (0.0, 1.0)
-                                               for v in values):
-            raise BadInput(f"{where}: '{name}' must be a list of 0/1 values")
+        if not isinstance(values, list) or not all(type(v) in (int, float) and v in (0, 1) for v in values):
+            raise BadInput(f"{where}: '{name}' must be a list of 0/1 values (not true/false)")
         for s in sources:
             size = groups.plan.spaces[s.tensor].size
             if len(values) != size:

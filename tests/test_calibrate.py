@@ -40,7 +40,8 @@ def test_fit_recovers_a_known_machine():
     g = morphonnx.load(SMALL_CNN)
     groups = morphonnx.find_groups(g)
     variants = [morphonnx.prune(groups, random_masks(groups, seed)).model for seed in range(10)]
-    samples = [(morphonnx.cost_model(morphonnx.load(m, batch=1 + seed % 3)), 0.0) for seed, m in enumerate(variants)]
+    samples = [(morphonnx.cost_model(morphonnx.load(m, input_shapes={"input": (1 + seed % 3, 3, 32, 32)})), 0.0)
+               for seed, m in enumerate(variants)]
     samples = [(c, truth.total_latency(c)) for c, _ in samples]
     fitted = fit(base, samples)
     for c, t in samples:
