@@ -51,8 +51,9 @@ def _plan(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto]
     for node in g.node:
         meta = METADATA_INPUTS.get(node.op_type, ())
         values = [t for i, t in enumerate(node.input) if t and i not in meta]
-        if node.op_type == "Constant" or not all(t in known for t in values):
-            continue
+        if node.op_type == "Constant" or not all(t in known for t in values) or any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue  # (a subgraph may read outer-scope tensors that are not constant)
         params = [t for t in values if t in inits and _is_parameter(inits[t])]
         if params:
             if node.op_type not in LAYOUT or params != [node.input[0]] or users.get(params[0]) != 1:
