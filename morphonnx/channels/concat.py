@@ -72,6 +72,13 @@ def _split_sizes(rw) -> None:
         rw.set_const(1, sizes)
     elif "split" in rw.node.attrs:
         rw.set_attr("split", [int(s) for s in sizes])
+    elif "num_outputs" in rw.node.attrs:  # opset 18: equal parts (the last smaller), unless sizes are given
+        n, k = int(sizes.sum()), len(sizes)
+        part = -(-n // k)
+        if sizes.tolist() != [min(part, max(0, n - i * part)) for i in range(k)]:
+            import onnx_graphsurgeon as gs
+            del rw.node.attrs["num_outputs"]
+            rw.node.inputs.append(gs.Constant(f"{rw.node.name}.split", sizes))
 
 
 @register("Slice")

@@ -36,9 +36,12 @@ def broadcast(ctx: TieContext) -> None:
         if not t or shape is None:
             continue
         a = aligned_axis(len(oshape), len(shape), axis)
+        space = ctx.space(t)
+        if space is not None and space.axis != a:  # its channels meet another axis of the output
+            ctx.pin(t, f"{ctx.where} lines up the channels of '{t}' with another axis")
+            continue
         if a < 0 or shape[a] == 1:
             continue  # broadcast along channels: not tied
-        space = ctx.space(t)
         if space is not None and space.axis == a and space.size == ref.size:
             ctx.tie(t, out)
         elif ctx.is_constant(t) and shape[a] == ref.size * ref.block and ref.block == 1:
