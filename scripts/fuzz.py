@@ -613,7 +613,7 @@ def _save(where: Path, mpath: str, kpath: str, res: Outcome, stdout: str, stderr
     shutil.copy(kpath, where / "masks.json")
     (where / "report.txt").write_text(
         f"case {res.case} of seed {seed}: {res.kind}\n\nreproduce:\n"
-        f"  morphonnx --debug prune {where / "model.onnx"} --masks {where / "masks.json"} -o /tmp/pruned.onnx\n"
+        f"  morphonnx --debug prune {where / 'model.onnx'} --masks {where / 'masks.json'} -o /tmp/pruned.onnx\n"
         f"  python scripts/fuzz.py --case {res.case} --seed {seed}\n\n"
         f"constructs: {' '.join(res.ops)}\n\n{res.detail}\n\nstdout:\n{stdout}\nstderr:\n{stderr}\n")
 
