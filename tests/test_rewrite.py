@@ -2,6 +2,7 @@
 contract on every model of the zoo with random masks (3 seeds)."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
@@ -89,3 +90,17 @@ def test_random_masks_on_the_zoo(zoo, name, kind):
         assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}"
         assert morphonnx.cost_model(morphonnx.load(result.model)).total("macs") < \
             morphonnx.cost_model(g).total("macs")
+
+
+def test_pad_with_a_non_zero_value_is_folded():
+    """Found by scripts/fuzz.py: zero-silenced channels padded with 0.5 are 0.5 at the borders,
+    not zero: the 3x3 conv after the Pad gets a bias map."""
+    n = Net(size=5)
+    x = n.conv("x", 4, 8, k=1, name="a")  # no BN: silenced by zero rows
+    p = n.node("Pad", [x, n.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64), n.const(0.5)], "pad")
+    m = n.model(n.conv(p, 8, 3, name="b"))
+    g = morphonnx.load(m)
+    gr = find_groups(g)
+    result = prune(gr, masks_from_sources(gr, {"a": [1, 0, 1, 1, 0, 1, 1, 1]}))
+    assert result.folds == {"b": "bias map"}
+    assert check(g, result.oracle, result.model).ok
