@@ -493,7 +493,7 @@ def random_masks(model: onnx.ModelProto, seed: int) -> dict[str, list[int]]:
             keep[g.id] = np.ones(g.size, dtype=bool)
             continue
         r = rng.random()
-        share = 0.0 if r < 0.15 else 1.0 if r < 0.25 else rng.random()
+        share = 0.0 if r < 0.08 else 1.0 if r < 0.18 else rng.random()
         keep[g.id] = rng.random(g.size) < share
     masks: dict[str, list[int]] = {}
     for s in groups.plan.sources:
