@@ -285,3 +285,28 @@ def test_split_with_num_outputs_gets_explicit_sizes():
     split = next(nd for nd in result.model.graph.node if nd.op_type == "Split")
     assert len(split.input) == 2 and not any(a.name == "num_outputs" for a in split.attribute)
     _prune_ok(m, {"pre.bn": [1, 0, 0, 1, 1, 0, 1, 0]})  # 2 + 2: num_outputs still right
+
+
+def test_one_channel_operand_of_a_one_channel_output_is_tied():
+    """Relu of a 1-channel conv is the same channel, not a broadcast: it lives and dies with the conv."""
+    n = Net()
+    r = n.node("Relu", [n.conv("x", 4, 1, name="one")], "r")
+    y = n.node("Concat", [n.cbr("x", 4, 3, name="t"), r], "cat", axis=1)
+    m = n.model(n.conv(n.node("Add", [n.conv(y, 4, 4, k=1, name="mix"), y], "add"), 4, 2, k=1, name="head"))
+    gr = groups_of(m)
+    assert group_of(gr, "r") is group_of(gr, "one") and "one" in sources(group_of(gr, "r"))
+    _prune_ok(m, {"one": [1], "mix": [1, 1, 1, 0]})
+
+
+def test_concat_along_another_axis_pins_the_channels_of_its_inputs():
+    """Concat on axis 1 of a transposed tensor (channels on axis 3) and a plain one: the plain one's
+    channels are concatenated along the transposed tensor's spatial axis and cannot be cut."""
+    n = Net(size=4)
+    a = n.cbr("x", 4, 4, name="a")
+    t = n.node("Transpose", [a], "t", perm=[0, 3, 2, 1])  # [1, 4, 4, 4], channels on axis 3
+    b = n.cbr("x", 4, 3, name="b")
+    b = n.node("Transpose", [n.node("Transpose", [b], "bt", perm=[0, 1, 3, 2])], "bb", perm=[0, 1, 3, 2])
+    m = n.model(n.node("Concat", [t, n.cbr(b, 3, 3, k=1, name="c")], "cat", axis=1))
+    gr = groups_of(m)
+    assert group_of(gr, "c.relu").pinned
+    _prune_ok(m, {"c.bn": [1, 0, 0], "b.bn": [0, 1, 1]})

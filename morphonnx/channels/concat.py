@@ -31,6 +31,7 @@ def concat(ctx: TieContext) -> None:
                 ctx.tie(t, out, None, rng)
             else:
                 ctx.pin(out, f"{ctx.where} input '{t}' has no channels to cut", rng)
+                ctx.pin(t, f"{ctx.where} joins '{t}' along another axis than its channels")
             offset += width
         return
     ctx.out_space(out, ref.axis, ref.size, ref.block)
@@ -42,6 +43,7 @@ def concat(ctx: TieContext) -> None:
             ctx.slice(i, ref.axis, out)
         else:
             ctx.pin(out, f"{ctx.where} joins '{t}', which cannot be cut along channels")
+            ctx.pin(t, f"{ctx.where} joins '{t}' along its channel axis")
 
 
 @register("Split")

@@ -28,6 +28,11 @@ def broadcast(ctx: TieContext) -> None:
     oshape, first = ctx.shape(out), ctx.first_space()
     if first is None or oshape is None:
         return
+    for t in ctx.node.input:  # the reference: an operand as wide as the output on its channel axis
+        ts, tshape = ctx.space(t), ctx.shape(t) if t else None
+        if ts is not None and tshape is not None and tshape[ts.axis] == oshape[ts.axis + len(oshape) - len(tshape)]:
+            first = (t, ts)
+            break
     ref = first[1]
     axis = aligned_axis(len(oshape), len(ctx.shape(first[0]) or ()), ref.axis)
     ctx.out_space(out, axis, ref.size, ref.block)
@@ -40,10 +45,11 @@ def broadcast(ctx: TieContext) -> None:
         if space is not None and space.axis != a:  # its channels meet another axis of the output
             ctx.pin(t, f"{ctx.where} lines up the channels of '{t}' with another axis")
             continue
-        if a < 0 or shape[a] == 1:
-            continue  # broadcast along channels: not tied
-        if space is not None and space.axis == a and space.size == ref.size:
-            ctx.tie(t, out)
+        if space is not None and space.size == ref.size and space.block == ref.block:
+            ctx.tie(t, out)  # (also a 1-channel operand of a 1-channel output)
+        elif a < 0 or shape[a] == 1:
+            if space is not None:  # one channel broadcast over all: it cannot go
+                ctx.pin(t, f"{ctx.where} broadcasts '{t}' along channels")
         elif ctx.is_constant(t) and shape[a] == ref.size * ref.block and ref.block == 1:
             ctx.slice(i, a, out)
         else:
