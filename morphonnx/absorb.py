@@ -104,7 +104,8 @@ def zero_when_silenced(groups: Groups, masks: Masks) -> set[str]:
         if outs[0] in sourced:
             zero.update(outs)
             continue
-        if node.op_type not in ZERO_PRESERVING or node.op_type == "Clip" and not _clip_keeps_zero(graph, node):
+        if node.op_type not in ZERO_PRESERVING or node.op_type == "Clip" and not _clip_keeps_zero(graph, node) \
+                or node.op_type == "Pad" and not _pad_keeps_zero(graph, node):
             continue
         spaced = [t for t in node.input if t in plan.spaces]
         if not spaced or not all(t in zero for t in spaced):
@@ -133,6 +134,19 @@ def independent_when_silenced(groups: Groups) -> set[str]:
         if all(not t or graph.is_constant(t) or t in independent for t in node.input):
             independent.update(outs)
     return independent
+
+
+def _pad_keeps_zero(graph: Graph, node: onnx.NodeProto) -> bool:
+    """A Pad adds zeros: mode edge/reflect/wrap, or a constant value of 0 (the default)."""
+    mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        return True
+    value = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "value"), 0.0)
+    if len(node.input) > 2 and node.input[2]:
+        if not graph.is_constant(node.input[2]):
+            return False
+        value = graph.array(node.input[2])
+    return not np.any(value)
 
 
 def _clip_keeps_zero(graph: Graph, node: onnx.NodeProto) -> bool:

@@ -158,7 +158,9 @@ class Rewriter:
                 if node.op in ("Add", "Sub") and not np.any(const) and self._bypass(node, var):
                     notes.append(f"{branch} is constant zero: {node.op} '{node.name}' removed")
                     continue
-                c = gs.Constant(f"{name}.static", np.ascontiguousarray(const))
+                cname = f"{name}.static" if f"{name}.static" not in tensors else f"{name}.static.{node.name}"
+                c = gs.Constant(cname, np.ascontiguousarray(const))  # one per consumer: values may differ
+                tensors[cname] = c
                 node.inputs = [c if t is var else t for t in node.inputs]
                 notes.append(f"{branch} is constant: {node.op} '{node.name}' adds its value"
                              if node.op == "Add" else f"{branch} is constant: {node.op} '{node.name}' reads its value")

@@ -199,3 +199,114 @@ def test_unknown_op_pins_and_is_reported():
     gr = groups_of(m)
     assert group_of(gr, "pre.relu").pinned == "no channel rule for Mystery"
     assert gr.summary()["ops_without_channel_rule"] == {"Mystery": 1}
+
+
+# ---- regressions found by the random-graph fuzzer (scripts/fuzz.py) --------------------------------
+
+def _prune_ok(m, masks: dict) -> "morphonnx.rewrite.PruneResult":
+    """Prune with these per-source masks and assert the contract."""
+    from morphonnx.masks import masks_from_sources
+    from morphonnx.rewrite import prune
+    from morphonnx.verify import check
+    g = morphonnx.load(m)
+    gr = find_groups(g)
+    result = prune(gr, legalize(gr, masks_from_sources(gr, masks)))
+    c = check(g, result.oracle, result.model)
+    assert c.ok, f"relative error {c.relative:.2e}, checker {c.checker}, notes {c.notes}"
+    return result
+
+
+def test_resize_with_sizes_follows_the_kept_channels():
+    n = Net(size=4)
+    x = n.cbr("x", 4, 8, name="a")
+    r = n.node("Resize", [x, "", "", n.const([1, 8, 6, 5], dtype=np.int64)], "resize", mode="nearest")
+    m = n.model(n.conv(r, 8, 3, name="head"))
+    result = _prune_ok(m, {"a.bn": [1, 0, 1, 1, 0, 1, 0, 1]})
+    sizes = {t.name: t for t in result.model.graph.initializer}[result.model.graph.node[3].input[3]]
+    assert list(np.frombuffer(sizes.raw_data, dtype=np.int64)) == [1, 5, 6, 5]
+
+
+def test_tensor_read_inside_an_if_subgraph_is_pinned():
+    """An If branch reads 'a.relu' by name (not as a node input): its channels cannot be cut."""
+    n = Net(size=4)
+    x = n.cbr("x", 4, 6, name="a")
+    then = helper.make_graph([helper.make_node("Relu", [x], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", 1, [1, 6, 4, 4])])
+    other = helper.make_graph([helper.make_node("Sigmoid", [x], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", 1, [1, 6, 4, 4])])
+    cond = n.const(True, dtype=np.bool_)
+    y = n.node("If", [cond], "if", then_branch=then, else_branch=other)
+    m = n.model(n.conv(y, 6, 2, name="head"), n.conv(x, 6, 2, name="head2"))
+    gr = groups_of(m)  # loads: the If is not constant-folded although its condition is constant
+    assert group_of(gr, "a.relu").pinned == "read inside a subgraph of If 'if'"
+    _prune_ok(m, {"a.bn": [1, 0, 1, 0, 1, 1]})
+
+
+@pytest.mark.parametrize("op", ["Conv", "MaxPool", "AveragePool", "Pad"])
+def test_ops_over_transposed_channels_pin_them(op):
+    """After a Transpose the channels sit on a spatial axis: a conv, pool or pad over that axis
+    mixes or shifts them (all keep the size of that axis here)."""
+    n = Net(size=5)
+    x = n.cbr("x", 4, 6, name="a")
+    t = n.node("Transpose", [x], "t", perm=[0, 2, 1, 3])  # [1, 5, 6, 5]: channels on axis 2
+    if op == "Conv":
+        y = n.conv(t, 5, 5, name="c")
+    elif op == "Pad":
+        y = n.node("Pad", [t, n.const([0, 0, 1, 0, 0, 0, -1, 0], dtype=np.int64)], "p")
+    else:
+        y = n.node(op, [t], "p", kernel_shape=[3, 1], pads=[1, 0, 1, 0])
+    back = n.node("Transpose", [y], "back", perm=[0, 2, 1, 3])
+    m = n.model(n.conv(back, 6, 2, k=1, name="head"))
+    gr = groups_of(m)
+    assert group_of(gr, "a.relu").pinned
+    _prune_ok(m, {"a.bn": [1, 0, 1, 0, 1, 1]})
+
+
+def test_broadcast_operand_whose_channels_meet_another_axis_pins_them():
+    """Mul([1,3,1,6] (channels on axis 3), gate [1,3,1,1] (its channels on axis 1)): not the same channels."""
+    n = Net(channels=6, size=1)
+    x = n.node("Transpose", [n.cbr("x", 6, 6, k=1, name="a")], "t", perm=[0, 3, 2, 1])  # [1,1,1,6]
+    x = n.node("Resize", [x, "", n.const([1, 3, 1, 1])], "up", mode="nearest")  # [1,3,1,6]
+    gate = n.node("Sigmoid", [n.conv(n.node("GlobalAveragePool", ["x"]), 6, 3, k=1, name="g")])
+    m = n.model(n.node("Mul", [x, gate], "mul"))
+    gr = groups_of(m)
+    assert "lines up the channels" in group_of(gr, "g").pinned
+    _prune_ok(m, {"g": [1, 0, 1]})
+
+
+def test_split_with_num_outputs_gets_explicit_sizes():
+    """Opset 18's Split(num_outputs=2) splits equally: uneven kept counts need the sizes input."""
+    n = Net()
+    x = n.cbr("x", 4, 8, name="pre")
+    a, b = n.node("Split", [x], "split", outputs=2, axis=1, num_outputs=2)
+    y = n.node("Concat", [n.cbr(a, 4, 4, name="pa"), n.cbr(b, 4, 4, name="pb")], "cat", axis=1)
+    m = n.model(classifier(n, y, 8), opset=18)
+    result = _prune_ok(m, {"pre.bn": [1, 0, 0, 1, 1, 1, 1, 0]})
+    split = next(nd for nd in result.model.graph.node if nd.op_type == "Split")
+    assert len(split.input) == 2 and not any(a.name == "num_outputs" for a in split.attribute)
+    _prune_ok(m, {"pre.bn": [1, 0, 0, 1, 1, 0, 1, 0]})  # 2 + 2: num_outputs still right
+
+
+def test_one_channel_operand_of_a_one_channel_output_is_tied():
+    """Relu of a 1-channel conv is the same channel, not a broadcast: it lives and dies with the conv."""
+    n = Net()
+    r = n.node("Relu", [n.conv("x", 4, 1, name="one")], "r")
+    y = n.node("Concat", [n.cbr("x", 4, 3, name="t"), r], "cat", axis=1)
+    m = n.model(n.conv(n.node("Add", [n.conv(y, 4, 4, k=1, name="mix"), y], "add"), 4, 2, k=1, name="head"))
+    gr = groups_of(m)
+    assert group_of(gr, "r") is group_of(gr, "one") and "one" in sources(group_of(gr, "r"))
+    _prune_ok(m, {"one": [1], "mix": [1, 1, 1, 0]})
+
+
+def test_concat_along_another_axis_pins_the_channels_of_its_inputs():
+    """Concat on axis 1 of a transposed tensor (channels on axis 3) and a plain one: the plain one's
+    channels are concatenated along the transposed tensor's spatial axis and cannot be cut."""
+    n = Net(size=4)
+    a = n.cbr("x", 4, 4, name="a")
+    t = n.node("Transpose", [a], "t", perm=[0, 3, 2, 1])  # [1, 4, 4, 4], channels on axis 3
+    b = n.cbr("x", 4, 3, name="b")
+    b = n.node("Transpose", [n.node("Transpose", [b], "bt", perm=[0, 1, 3, 2])], "bb", perm=[0, 1, 3, 2])
+    m = n.model(n.node("Concat", [t, n.cbr(b, 3, 3, k=1, name="c")], "cat", axis=1))
+    gr = groups_of(m)
+    assert group_of(gr, "c.relu").pinned
+    _prune_ok(m, {"c.bn": [1, 0, 0], "b.bn": [0, 1, 1]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 
@@ -263,3 +264,17 @@ def test_depthwise_convs_are_not_conv_groups(multiplier):
         assert not legal.changes and not legal.dead_conv_groups
         result = prune(gr, legal)
         assert check(g, result.oracle, result.model).ok and group_attr(result.model, "dw.conv") == 2
+
+
+def test_pad_with_a_non_zero_value_is_folded():
+    """Found by scripts/fuzz.py: zero-silenced channels padded with 0.5 are 0.5 at the borders,
+    not zero: the 3x3 conv after the Pad gets a bias map."""
+    n = Net(size=5)
+    x = n.conv("x", 4, 8, k=1, name="a")  # no BN: silenced by zero rows
+    p = n.node("Pad", [x, n.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64), n.const(0.5)], "pad")
+    m = n.model(n.conv(p, 8, 3, name="b"))
+    g = morphonnx.load(m)
+    gr = find_groups(g)
+    result = prune(gr, masks_from_sources(gr, {"a": [1, 0, 1, 1, 0, 1, 1, 1]}))
+    assert result.folds == {"b": "bias map"}
+    assert check(g, result.oracle, result.model).ok

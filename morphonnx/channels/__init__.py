@@ -248,10 +248,28 @@ def channel_plan(graph: Graph) -> ChannelPlan:
             ctx.pin_all(f"no channel rule for {node.op_type}")
             continue
         rule(ctx)
+    for name, node in graph.nodes.items():  # subgraphs (If, Loop, Scan) read outer tensors by name
+        for t in sorted(outer_reads(node)):
+            TieContext(plan, node).pin(t, f"read inside a subgraph of {node.op_type} '{name}'")
     for out in graph.outputs:
         TieContext(plan, onnx.NodeProto()).pin(out, "graph output")
     plan.finalize()
     return plan
+
+
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Tensors of the enclosing scope that the subgraphs of a node (If, Loop, Scan) read."""
+    reads: set[str] = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sub in graphs:
+            defined = {t.name for t in sub.initializer} | {i.name for i in sub.input}
+            for n in sub.node:
+                reads.update(t for t in n.input if t and t not in defined)
+                reads.update(t for t in outer_reads(n) if t not in defined)
+                defined.update(n.output)
+            reads.update(o.name for o in sub.output if o.name not in defined)
+    return reads
 
 
 def aligned_axis(out_rank: int, in_rank: int, out_axis: int) -> int:

@@ -31,6 +31,7 @@ def concat(ctx: TieContext) -> None:
                 ctx.tie(t, out, None, rng)
             else:
                 ctx.pin(out, f"{ctx.where} input '{t}' has no channels to cut", rng)
+                ctx.pin(t, f"{ctx.where} joins '{t}' along another axis than its channels")
             offset += width
         return
     ctx.out_space(out, ref.axis, ref.size, ref.block)
@@ -42,6 +43,7 @@ def concat(ctx: TieContext) -> None:
             ctx.slice(i, ref.axis, out)
         else:
             ctx.pin(out, f"{ctx.where} joins '{t}', which cannot be cut along channels")
+            ctx.pin(t, f"{ctx.where} joins '{t}' along its channel axis")
 
 
 @register("Split")
@@ -72,6 +74,13 @@ def _split_sizes(rw) -> None:
         rw.set_const(1, sizes)
     elif "split" in rw.node.attrs:
         rw.set_attr("split", [int(s) for s in sizes])
+    elif "num_outputs" in rw.node.attrs:  # opset 18: equal parts (the last smaller), unless sizes are given
+        n, k = int(sizes.sum()), len(sizes)
+        part = -(-n // k)
+        if sizes.tolist() != [min(part, max(0, n - i * part)) for i in range(k)]:
+            import onnx_graphsurgeon as gs
+            del rw.node.attrs["num_outputs"]
+            rw.node.inputs.append(gs.Constant(f"{rw.node.name}.split", sizes))
 
 
 @register("Slice")

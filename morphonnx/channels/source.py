@@ -32,6 +32,8 @@ def conv(ctx: TieContext) -> None:
         if xs is not None and xs.axis == 1:
             ctx.slice(1, 1, x)
             ctx.consume(0)
+        elif xs is not None:
+            ctx.pin(x, f"{ctx.where} convolves over the channel axis")
         return
     if xs is None or xs.axis != 1:
         return ctx.pin(out, f"grouped {ctx.where} on an input without channels")
@@ -94,6 +96,8 @@ def conv_transpose(ctx: TieContext) -> None:
     if xs is not None and xs.axis == 1:
         ctx.slice(1, 0, x)
         ctx.consume(0)
+    elif xs is not None:
+        ctx.pin(x, f"{ctx.where} convolves over the channel axis")
 
 
 @register("Gemm")
