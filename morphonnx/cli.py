@@ -446,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `morphonnx ... | head`
+        sys.stdout = None
+        return 0
     except Exception as e:  # a bug of ours: one line and exit 3 (--debug shows the traceback)
         if debug:
             raise
@@ -457,6 +460,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"morphonnx: internal error: {type(e).__name__}{': ' + text if text else ''}{at} "
               f"(please report it; --debug shows the traceback)", file=sys.stderr)
         return 3
-    except BrokenPipeError:  # `morphonnx ... | head`
-        sys.stdout = None
-        return 0

@@ -140,7 +140,7 @@ def oracle_model(groups: Groups, masks: Masks) -> Oracle:
             is_bias = sl.input == 2 or sl.node is not None
             values[key][tuple(index)] = shift[dead] if shift is not None and is_bias else 0
         if shift is not None and s.op_type in ("Conv", "Gemm") and not (len(node.input) > 2 and node.input[2]):
-            bias = np.zeros(plan.spaces[s.tensor].size, dtype=np.float32)
+            bias = np.zeros(plan.spaces[s.tensor].size, dtype=graph.info(s.tensor).dtype or np.float32)
             bias[dead] = shift[dead]
             values[(s.node, 2)] = bias  # the silenced channel outputs its shift: give the op a bias
     nodes = {n.name: n for n in model.graph.node}

@@ -192,8 +192,14 @@ class Rewriter:
         node.outputs = []
         return True
 
+    def _dtype(self, node: gs.Node) -> np.dtype:
+        """The element type of a node's output (what a folded constant must match)."""
+        info = self.groups.graph.info(node.outputs[0].name)
+        return (info.dtype if info is not None and info.dtype is not None else None) or np.dtype(np.float32)
+
     def apply_fold(self, fold: Fold) -> str:
         node = self.nodes[fold.node]
+        dtype = self._dtype(node)
         out_space = self.plan.spaces.get(fold.tensor)
         axis = out_space.axis if out_space else 1
         value = fold.value
@@ -211,7 +217,7 @@ class Rewriter:
             else:
                 while len(node.inputs) < bias:
                     node.inputs.append(gs.Variable.empty())
-                node.inputs.append(gs.Constant(f"{node.name}.folded_bias", vec.astype(np.float32)))
+                node.inputs.append(gs.Constant(f"{node.name}.folded_bias", vec.astype(dtype)))
             return "bias"
         out = node.outputs[0]
         pre = gs.Variable(f"{out.name}.before_fold", dtype=out.dtype)
@@ -220,7 +226,7 @@ class Rewriter:
             shape = [1] * value.ndim
             shape[axis] = value.shape[axis]
             value = np.moveaxis(value, axis, -1).reshape(-1, value.shape[axis])[0].reshape(shape)
-        const = gs.Constant(f"{node.name}{FOLDED_MAP}", np.ascontiguousarray(value, dtype=np.float32))
+        const = gs.Constant(f"{node.name}{FOLDED_MAP}", np.ascontiguousarray(value, dtype=dtype))
         self.gs_graph.nodes.append(gs.Node("Add", f"{node.name}.fold", inputs=[pre, const], outputs=[out]))
         return "bias vector" if fold.uniform else "bias map"
 

@@ -278,3 +278,25 @@ def test_pad_with_a_non_zero_value_is_folded():
     result = prune(gr, masks_from_sources(gr, {"a": [1, 0, 1, 1, 0, 1, 1, 1]}))
     assert result.folds == {"b": "bias map"}
     assert check(g, result.oracle, result.model).ok
+
+
+def test_fp16_model_prunes_in_its_dtype(tmp_path):
+    """An fp16 model: folded constants in fp16 (the checker refuses mixed types), checked in fp16
+    with fp16's tolerance on the written file."""
+    from onnx import TensorProto, helper, numpy_helper
+    m = bn_kept_net()
+    for t in m.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    m.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    m.graph.output[0].CopyFrom(helper.make_tensor_value_info(m.graph.output[0].name, TensorProto.FLOAT16, [1, 3]))
+    g = morphonnx.load(m)
+    gr = find_groups(g)
+    result = prune(gr, masks_from_sources(gr, {"a.bn": [1, 0, 1, 1, 0, 1, 1, 1]}))
+    assert set(result.folds.values()) == {"bias", "bias map"}
+    with Outputs() as out:
+        out.model(tmp_path / "h.onnx", result.model)
+        out.commit()
+    c = check(g, result.oracle, tmp_path / "h.onnx")
+    assert c.ok and c.tolerance == 1e-2 and c.checker == "passed"
+    assert {t.data_type for t in onnx.load(str(tmp_path / "h.onnx")).graph.initializer} == {TensorProto.FLOAT16}
