@@ -23,8 +23,21 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(f"{self.prog}: {message}")
 
 
+def _count(low: int):
+    """An argparse type: an integer of at least `low`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return parse
+
+
 def _add_shape_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch", type=int, default=None, help="batch size for symbolic leading dimensions (default 1)")
+    p.add_argument("--batch", type=_count(1), default=None, help="batch size for symbolic leading dimensions (default 1)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                    help="fix the shape of a graph input (repeatable)")
 
@@ -32,7 +45,7 @@ def _add_shape_options(p: argparse.ArgumentParser) -> None:
 def _add_mask_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", metavar="FILE", help='JSON {"masks": {SOURCE: [1, 0, ...]}} (node or weight names)')
     p.add_argument("--threshold", type=float, metavar="T", help="keep channels whose |BN scale| > T")
-    p.add_argument("--round", type=int, default=1, metavar="N",
+    p.add_argument("--round", type=_count(1), default=1, metavar="N",
                    help="keep a multiple of N channels in every group (fast kernels want 8 or 16; default 1)")
     p.add_argument("--conv-groups", choices=("equal", "whole"), default="equal",
                    help="grouped convs: revive channels until their conv groups are equal (default), or "
@@ -361,14 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hardware profile for roofline latency (repeatable; see `morphonnx profiles`)")
     _add_shape_options(a)
     a.add_argument("--per-op", action="store_true", help="print every op, not only the top ones")
-    a.add_argument("--top", type=int, default=10, help="how many of the costliest ops to print (default 10)")
+    a.add_argument("--top", type=_count(1), default=10, help="how many of the costliest ops to print (default 10)")
     a.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     a.set_defaults(func=cmd_analyze)
 
     g = sub.add_parser("groups", help="channel groups, their costs and pins")
     g.add_argument("model", help="ONNX model file")
     _add_shape_options(g)
-    g.add_argument("--top", type=int, default=20, help="how many groups to print (default 20)")
+    g.add_argument("--top", type=_count(1), default=20, help="how many groups to print (default 20)")
     g.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.yaml",
                    help="add the roofline latency of one channel on this device (repeatable)")
     g.add_argument("--json", metavar="OUT", help="write every group as JSON")
@@ -391,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("model", help="ONNX model file")
     _add_mask_options(st)
     _add_shape_options(st)
-    st.add_argument("--top", type=int, default=30, help="how many layers to print (default 30)")
+    st.add_argument("--top", type=_count(1), default=30, help="how many layers to print (default 30)")
     st.add_argument("--json", metavar="OUT", help="write the structure, kept indices and reusable masks as JSON")
     st.set_defaults(func=cmd_structure)
 
@@ -399,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("models", nargs="+", help="ONNX model files; the first is the reference (the original)")
     c.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.yaml", help="repeatable")
     _add_shape_options(c)
-    c.add_argument("--top", type=int, default=15, help="how many ops and layers to print (default 15)")
+    c.add_argument("--top", type=_count(1), default=15, help="how many ops and layers to print (default 15)")
     c.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
     c.add_argument("--plot", metavar="OUT.png", help="stacked latency per layer and device, widths per layer")
     c.set_defaults(func=cmd_compare)
@@ -410,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--fit", action="append", default=[], metavar="MODEL",
                      help="also fit per-op-class efficiency and overheads on random-width variants of this model "
                           "(repeatable)")
-    cal.add_argument("--variants", type=int, default=12, help="variants per --fit model (default 12)")
+    cal.add_argument("--variants", type=_count(5), default=12, help="variants per --fit model (default 12)")
     cal.set_defaults(func=cmd_calibrate)
 
     ex = sub.add_parser("expand", help="grow the structure by one width multiplier up to a budget")
@@ -420,9 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--budget", required=True, help="'original', a percentage (80%%) or an absolute number")
     ex.add_argument("--resource", choices=("macs", "flops", "size", "latency"), default="macs")
     ex.add_argument("--profile", metavar="NAME|FILE.yaml", help="device for --resource latency")
-    ex.add_argument("--round-to", type=int, default=1, metavar="N", help="widths in multiples of N (default 1)")
+    ex.add_argument("--round-to", type=_count(1), default=1, metavar="N", help="widths in multiples of N (default 1)")
     _add_shape_options(ex)
-    ex.add_argument("--top", type=int, default=20, help="how many layers to print (default 20)")
+    ex.add_argument("--top", type=_count(1), default=20, help="how many layers to print (default 20)")
     ex.add_argument("--json", metavar="OUT", help="write the expanded structure as JSON")
     ex.add_argument("-o", "--output", metavar="OUT.onnx", help="also write the expanded ONNX model")
     ex.set_defaults(func=cmd_expand)

@@ -123,7 +123,13 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
             raise BadInput(f"unknown profile '{text}'; known: {', '.join(sorted(known))}")
         path = known[text]
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadInput(f"profile {path}: not UTF-8 text (a binary file?)") from None
+    except OSError as e:
+        raise BadInput(f"profile {path}: cannot read ({e.strerror})") from None
+    except RecursionError:
+        raise BadInput(f"profile {path}: nested too deeply to be a profile") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

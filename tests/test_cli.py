@@ -83,7 +83,7 @@ def bad_inputs(tmp_path):
         "negative field": (["analyze", m, "--profile", bad_profile(tmp_path, "neg.yaml", bandwidth_gbs=-1)],
                            "neg.yaml: field 'bandwidth_gbs' must be a positive number, got -1"),
         "bad shape": (["analyze", m, "--input-shape", "input=1,3,x"], "--input-shape 'input=1,3,x'"),
-        "bad batch": (["analyze", m, "--batch", "0"], "--batch: 0 is not a size from 1 to"),
+        "bad batch": (["analyze", m, "--batch", "0"], "argument --batch: 0 is below 1"),
         "bad flag": (["analyze", m, "--frobnicate"], "unrecognized arguments: --frobnicate"),
     }
 
