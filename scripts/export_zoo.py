@@ -262,13 +262,19 @@ def export_timm(name: str, out: Path) -> dict:
             continue
         files[kind] = written[0]
         files.update({f"{kind}.data" if i == 0 else f"{kind}.data{i}": f for i, f in enumerate(written[1:])})
+    try:  # the BN folding arithmetic of the torchvision folded form, for the dynamo (optimized) form
+        folded, bn_kept = _folded_param_count(model, x, torch)
+    except Exception as e:
+        folded, bn_kept = None, f"{type(e).__name__}: {str(e).strip()[:200]}"
     entry = {
         "framework": "timm",
         "arch": arch,
         "construct": TIMM_ARCHS[arch],
         "files": files,
         "input_shape": shape,
-        "torch_params": sum(p.numel() for p in model.parameters()),
+        "torch_params": sum(p.numel() for p in model.parameters()),  # the ts form's expectation (BN kept)
+        "folded_params_expected": folded,  # the dynamo form's expectation (BN folded where it can be)
+        "bn_not_folded": bn_kept,
         "timm_version": timm.__version__,
     }
     if failed:

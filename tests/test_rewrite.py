@@ -1,6 +1,8 @@
 """The rewrite: folds of what removed channels leave behind, names, external data, and the
-contract on every model of the zoo with random masks (3 seeds)."""
+contract on every model and form of the zoo with random masks (one seed per case)."""
 from __future__ import annotations
+
+import zlib
 
 import onnx
 import pytest
@@ -70,19 +72,31 @@ def test_all_alive_changes_nothing():
     assert result.folds == {} and check(g, result.oracle, result.model).relative < 1e-6
 
 
-ZOO_FILES = [(name, kind) for name in export_zoo.TORCH_MODELS for kind in ("folded", "bn")] + \
-    [(name, "onnx") for name in export_zoo.KERAS_MODELS]
+# (name, form) → why it fails today; strict, so a fix shows up as XPASS
+ZOO_XFAIL: dict[tuple[str, str], str] = {}
+ZOO_FILES = [(n, f) for n in export_zoo.TORCH_MODELS for f in export_zoo.TORCH_FORMS] + \
+    [(n, f) for n in export_zoo.TIMM_MODELS for f in export_zoo.TIMM_FORMS] + \
+    [(n, "onnx") for n in export_zoo.KERAS_MODELS]
+
+
+def zoo_seed(name: str, kind: str) -> int:
+    """One seed per case (stable across runs); scripts/zoo_sweep.py runs all three."""
+    return zlib.crc32(f"{name}.{kind}".encode()) % 3
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize("name, kind", ZOO_FILES)
+@pytest.mark.parametrize("name, kind", [
+    pytest.param(n, f, marks=pytest.mark.xfail(strict=True, reason=ZOO_XFAIL[n, f])) if (n, f) in ZOO_XFAIL
+    else (n, f) for n, f in ZOO_FILES])
 def test_random_masks_on_the_zoo(zoo, name, kind):
     out, manifest = zoo
+    if kind not in manifest[name]["files"]:
+        pytest.skip(f"export failed: {manifest[name]['export_failed'][kind]}")
     g = morphonnx.load(out / manifest[name]["files"][kind])
     gr = find_groups(g)
-    for seed in (0, 1, 2):
-        result = prune(gr, random_masks(gr, seed))
-        c = check(g, result.oracle, result.model)
-        assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}"
-        assert morphonnx.cost_model(morphonnx.load(result.model)).total("macs") < \
-            morphonnx.cost_model(g).total("macs")
+    seed = zoo_seed(name, kind)
+    result = prune(gr, random_masks(gr, seed))
+    c = check(g, result.oracle, result.model)
+    assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}"
+    assert morphonnx.cost_model(morphonnx.load(result.model)).total("macs") < \
+        morphonnx.cost_model(g).total("macs")
