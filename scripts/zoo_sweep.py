@@ -13,7 +13,7 @@ check-failed (exit 1), traceback (a Traceback on stderr, or any other exit), art
 could not be made (find_groups failed: see the `groups` case of that model).
 
     python scripts/zoo_sweep.py [--only resnet18,timm_dpn68] [--forms folded,ts] [--seeds 0,1,2]
-                                [--jobs 1] [--timeout 600] [--out docs/zoo_sweep]
+                                [--jobs 1] [--timeout 600] [--out docs/zoo_sweep] [--resume]
 
 Writes OUT.json (every case, with its stderr tail) and OUT.md (the tables), after every model.
 """
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600, help="seconds per command (default 600)")
     p.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: export_zoo's; built if missing)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "zoo_sweep", help="OUT.md and OUT.json to write")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the model files already in OUT.json (same seeds) and sweep the rest")
     args = p.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or export_zoo.ALL_MODELS
     unknown = [n for n in names if n not in export_zoo.ALL_MODELS]
@@ -222,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
             "export_failed": {n: manifest[n]["export_failed"] for n in names if manifest[n].get("export_failed")}}
     start = time.time()
     cases: list[dict] = []
+    if args.resume and args.out.with_suffix(".json").exists():
+        old = json.loads(args.out.with_suffix(".json").read_text())
+        if old.get("seeds") == seeds:
+            cases = [c for c in old["cases"] if c["model"] in names and (not forms or c["form"] in forms)]
+            done = {(c["model"], c["form"]) for c in cases}
+            todo = [t for t in todo if t[:2] not in done]
+            start -= old.get("seconds", 0)
     work = Path(tempfile.mkdtemp(prefix="zoo_sweep."))
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
