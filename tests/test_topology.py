@@ -2,8 +2,8 @@
 Splits that cannot lose a whole output, and masks that would cut the network."""
 from __future__ import annotations
 
-import onnx
 import numpy as np
+import onnx
 import pytest
 
 import morphonnx
