@@ -102,7 +102,7 @@ def bench_zoo(zoo: Path, names: list[str], repeat: int, tmp: Path) -> None:
     failures: dict[str, str] = {}
     print(f"{'model':34s} {'nodes':>6s} {'morphonnx s':>11s} {'/ onnx-tool':>11s} {'/ onnx load+save':>16s}")
     for name in names:
-        for kind, file in manifest[name]["files"].items():
+        for kind, file in ((k, manifest[name]["files"][k]) for k in export_zoo.forms(manifest[name])):
             path = zoo / file
             ours = best(lambda: time_morphonnx(path), repeat)
             try:
@@ -170,7 +170,7 @@ def bench_prune(zoo: Path, names: list[str], repeat: int, keep: float, multiple:
           f"{multiple}; best of {repeat}")
     print(f"{'model':34s} {'prune s':>8s} {'/ onnx load+save':>16s} {'MACs ratio':>10s} {'ORT latency ratio':>17s}")
     for name in names:
-        for kind, file in manifest[name]["files"].items():
+        for kind, file in ((k, manifest[name]["files"][k]) for k in export_zoo.forms(manifest[name])):
             path, out = zoo / file, tmp / "pruned.onnx"
             ours = best(lambda: prune_once(path, out, keep, multiple), repeat)
             io = best(lambda: time_onnx_io(path, tmp), repeat)

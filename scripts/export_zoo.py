@@ -1,15 +1,24 @@
 #!/usr/bin/env python
 """Export the model zoo of DESIGN.md into a cache directory outside the repo.
 
-torchvision architectures are exported twice with random weights and randomized norm
-layers: `NAME.folded.onnx` (dynamo exporter, eval mode, optimized: BN folded into Conv, the
-deployment form) and `NAME.bn.onnx` (dynamo exporter, optimize=False: BN kept, Constant /
-Shape / Expand / CastLike clutter left in). keras.applications architectures are converted
-with tf2onnx into `keras_NAME.onnx`. Models already in the cache are skipped. `manifest.json`
-holds, per model, its files, input shape and reference figures (torchvision's published
-GFLOPS and params, the framework's own parameter counts).
+torchvision architectures are exported three times with random weights and randomized norm
+layers: `NAME.folded.onnx` (+ `NAME.folded.onnx.data`: the default call
+`torch.onnx.export(m, (x,), path, dynamo=True)`, eval mode, optimized, BN folded into Conv,
+weights as external data: the form users get by default), `NAME.bn.onnx` (dynamo exporter,
+optimize=False: BN kept, Constant / Shape / Expand / CastLike clutter left in) and
+`NAME.ts.onnx` (the legacy TorchScript exporter, `dynamo=False`, TrainingMode.PRESERVE, no
+constant folding, opset 17: BN kept as inference BatchNormalization, equal initializers
+deduplicated, constants routed through Identity/Constant nodes: the form of most ONNX files in
+circulation). timm architectures (random weights, randomized norm layers only: zero conv
+biases stay equal, so the TorchScript exporter shares them) are exported as `timm_NAME.dynamo.onnx`
+(+ .data, the default dynamo call) and `timm_NAME.ts.onnx` (as above); a form that fails to
+export is recorded under `export_failed` with the reason. keras.applications architectures
+are converted with tf2onnx into `keras_NAME.onnx`. Models already in the cache are skipped.
+`manifest.json` holds, per model, its files, input shape and reference figures (torchvision's
+published GFLOPS and params, the framework's own parameter counts).
 
-    python scripts/export_zoo.py [--out DIR] [--only resnet18,keras_resnet50] [--framework torch|keras|all]
+    python scripts/export_zoo.py [--out DIR] [--only resnet18,timm_dpn68,keras_resnet50]
+                                 [--framework torch|timm|keras|all]
 
 The cache directory is `--out`, else $MORPHONNX_ZOO, else ~/.cache/morphonnx/zoo/<versions>.
 """
@@ -27,16 +36,47 @@ from pathlib import Path
 TORCH_MODELS = [
     "resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
     "regnet_y_400mf", "densenet121", "googlenet", "inception_v3", "shufflenet_v2_x1_0", "squeezenet1_1",
-    "mnasnet1_0", "convnext_tiny", "vgg11_bn", "alexnet", "vit_b_16",
+    "mnasnet1_0", "convnext_tiny", "vgg11_bn", "alexnet", "vit_b_16", "swin_t",
 ]
+TORCH_FORMS = ("folded", "bn", "ts")
+# timm architecture → the construct it brings (manifest name: timm_ARCH)
+TIMM_ARCHS = {
+    "seresnet18": "squeeze-excitation",
+    "rexnet_100": "SE in inverted residuals, partial residual add",
+    "resnest14d": "split attention (radix softmax)",
+    "res2net50_14w_8s": "Res2Net hierarchical splits",
+    "cs3darknet_s": "cross-stage partial (CSP) blocks",
+    "dpn68": "dual path (residual add + dense concat)",
+    "ghostnet_100": "ghost modules (cheap depthwise features, concat + slice)",
+    "repvgg_a0": "RepVGG training form (3x3 + 1x1 + identity BN branches)",
+    "mobileone_s0": "MobileOne training form (over-parameterized branches)",
+    "poolformer_s12": "MLP-conv blocks (pooling token mixer, GroupNorm, layer scale)",
+    "tf_mobilenetv3_small_100": "TF 'same' padding (explicit Pad), hard-swish SE",
+    "skresnet18": "selective kernel attention",
+    "nf_resnet26": "NF-ResNet weight standardization (ScaledStdConv2d)",
+    "efficientnet_b0": "MBConv with SE, depthwise",
+    "mixnet_s": "mixed depthwise kernels (split + concat)",
+    "regnetx_002": "grouped convolutions (RegNetX)",
+    "hrnet_w18_small": "multi-resolution fusion (upsample + add)",
+    "deit_tiny_patch16_224": "ViT with distillation token",
+    "levit_128s": "LeViT attention with BN-linear layers",
+    "mobilevit_xxs": "MobileViT (conv + transformer unfold/fold)",
+    "efficientformer_l1": "EfficientFormer (pool mixer + attention, BN)",
+    "swin_tiny_patch4_window7_224": "Swin window attention (timm)",
+    "lcnet_050": "PP-LCNet (depthwise separable, SE, hard-swish)",
+    "convnext_atto": "ConvNeXt-atto (timm: LayerNorm2d, layer scale)",
+}
+TIMM_MODELS = [f"timm_{a}" for a in TIMM_ARCHS]
+TIMM_FORMS = ("dynamo", "ts")
 KERAS_MODELS = {
     "keras_resnet50": ("ResNet50", 224),
     "keras_mobilenet_v2": ("MobileNetV2", 224),
     "keras_inception_v3": ("InceptionV3", 299),
     "keras_densenet121": ("DenseNet121", 224),
 }
+ALL_MODELS = TORCH_MODELS + TIMM_MODELS + list(KERAS_MODELS)
 SEED = 0
-RECIPE = "zoo3"  # bump when the export recipe changes, so caches are rebuilt
+RECIPE = "zoo4"  # bump when the export recipe changes, so caches are rebuilt
 
 
 def _version(pkg: str) -> str:
@@ -50,7 +90,8 @@ def default_dir() -> Path:
     """The cache directory: $MORPHONNX_ZOO or a folder keyed by the exporters' versions."""
     if os.environ.get("MORPHONNX_ZOO"):
         return Path(os.environ["MORPHONNX_ZOO"])
-    key = (f"{RECIPE}-torch{_version('torch')}-tv{_version('torchvision')}-tf{_version('tensorflow-cpu')}"
+    key = (f"{RECIPE}-torch{_version('torch')}-tv{_version('torchvision')}-timm{_version('timm')}"
+           f"-tf{_version('tensorflow-cpu')}"
            f"-tf2onnx{_version('tf2onnx')}-onnx{_version('onnx')}")
     return Path.home() / ".cache" / "morphonnx" / "zoo" / key
 
@@ -73,6 +114,20 @@ def _complete(out: Path, entry: dict | None) -> bool:
 
 # ---- torchvision ------------------------------------------------------------------------------
 
+def _randomize_norms(model, torch, gen) -> None:
+    """Random weights, biases and running statistics of every norm layer (BN, LN, GN)."""
+    for mod in model.modules():
+        if getattr(mod, "weight", None) is not None and isinstance(
+                mod, (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            with torch.no_grad():
+                mod.weight.copy_(torch.rand(mod.weight.shape, generator=gen) + 0.5)
+                if mod.bias is not None:
+                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * 0.1)
+                if getattr(mod, "running_mean", None) is not None:
+                    mod.running_mean.copy_(torch.randn(mod.running_mean.shape, generator=gen) * 0.1)
+                    mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=gen) + 0.5)
+
+
 def _randomize_torch(model, torch) -> None:
     """Random norm parameters, running stats and constant-initialized tensors.
 
@@ -85,16 +140,34 @@ def _randomize_torch(model, torch) -> None:
         for p in model.parameters():
             if p.numel() > 1 and bool(p.min() == p.max()):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1 + p.flatten()[0])
-    for mod in model.modules():
-        if getattr(mod, "weight", None) is not None and isinstance(
-                mod, (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)):
-            with torch.no_grad():
-                mod.weight.copy_(torch.rand(mod.weight.shape, generator=gen) + 0.5)
-                if mod.bias is not None:
-                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * 0.1)
-                if getattr(mod, "running_mean", None) is not None:
-                    mod.running_mean.copy_(torch.randn(mod.running_mean.shape, generator=gen) * 0.1)
-                    mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=gen) + 0.5)
+    _randomize_norms(model, torch, gen)
+
+
+def _export_form(model, x, out: Path, file: str, form: str, torch) -> list[str]:
+    """Export one form into `out/file` (through a scratch folder, then moved: external data
+    files are referenced by name); return the files written (the model, then its data)."""
+    import shutil
+    import warnings
+    scratch = out / f".tmp-{file}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    path = str(scratch / file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if form in ("folded", "dynamo"):  # the default call: optimized, weights as external data
+            torch.onnx.export(model, (x,), path, dynamo=True, external_data=True, verbose=False)
+        elif form == "bn":
+            torch.onnx.export(model, (x,), path, dynamo=True, optimize=False, external_data=False, verbose=False)
+        elif form == "ts":
+            torch.onnx.export(model, (x,), path, dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
+                              do_constant_folding=False, opset_version=17)
+        else:
+            raise ValueError(form)
+    written = [file] + sorted(f.name for f in scratch.iterdir() if f.name != file)
+    for f in written[1:] + written[:1]:  # the model last: it is what _complete looks for first
+        os.replace(scratch / f, out / f)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return written
 
 
 def _folded_param_count(model, x, torch) -> tuple[int, int]:
@@ -133,11 +206,11 @@ def export_torch(name: str, out: Path) -> dict:
     _randomize_torch(model, torch)
     size = 299 if name == "inception_v3" else 224
     x = torch.randn(1, 3, size, size)
-    files = {"folded": f"{name}.folded.onnx", "bn": f"{name}.bn.onnx"}
-    for kind, optimize in (("folded", True), ("bn", False)):
-        tmp = out / (files[kind] + ".tmp")
-        torch.onnx.export(model, (x,), str(tmp), dynamo=True, optimize=optimize, external_data=False)
-        os.replace(tmp, out / files[kind])
+    files = {}
+    for kind in TORCH_FORMS:
+        written = _export_form(model, x, out, f"{name}.{kind}.onnx", kind, torch)
+        files[kind] = written[0]
+        files.update({f"{kind}.data" if i == 0 else f"{kind}.data{i}": f for i, f in enumerate(written[1:])})
     meta = torchvision.models.get_model_weights(name).DEFAULT.meta
     bn_params = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
                     for p in m.parameters(recurse=False))
@@ -154,11 +227,68 @@ def export_torch(name: str, out: Path) -> dict:
         "published_gmacs": meta["_ops"],
         "published_params": meta["num_params"],
         "torch_params": sum(p.numel() for p in model.parameters()),
+        "ts_params_expected": sum(p.numel() for p in model.parameters()),  # BN kept, running stats excluded
         "published_aux_params": aux,
         "bn_params": bn_params,
         "folded_params_expected": folded,
         "bn_not_folded": bn_kept,
     }
+
+
+# ---- timm -------------------------------------------------------------------------------------
+
+def export_timm(name: str, out: Path) -> dict:
+    """Export one timm architecture in the dynamo and TorchScript forms; return its manifest entry.
+
+    Random weights (nothing is downloaded); norm layers randomized, nothing else: timm's
+    zero-initialized biases stay equal, so the TorchScript exporter deduplicates them.
+    A form that fails is recorded under `export_failed` with the reason.
+    """
+    import timm
+    import torch
+
+    arch = name.removeprefix("timm_")
+    torch.manual_seed(SEED)
+    model = timm.create_model(arch, pretrained=False).eval()
+    _randomize_norms(model, torch, torch.Generator().manual_seed(SEED))
+    shape = [1, *(model.pretrained_cfg.get("input_size") or (3, 224, 224))]
+    x = torch.randn(*shape)
+    files, failed = {}, {}
+    for kind in TIMM_FORMS:
+        try:
+            written = _export_form(model, x, out, f"{name}.{kind}.onnx", kind, torch)
+        except Exception as e:  # recorded, never fatal: the rest of the zoo still exports
+            failed[kind] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+            continue
+        files[kind] = written[0]
+        files.update({f"{kind}.data" if i == 0 else f"{kind}.data{i}": f for i, f in enumerate(written[1:])})
+    try:  # the BN folding arithmetic of the torchvision folded form, for the dynamo (optimized) form
+        folded, bn_kept = _folded_param_count(model, x, torch)
+    except Exception as e:
+        folded, bn_kept = None, f"{type(e).__name__}: {str(e).strip()[:200]}"
+    entry = {
+        "framework": "timm",
+        "arch": arch,
+        "construct": TIMM_ARCHS[arch],
+        "files": files,
+        "input_shape": shape,
+        "torch_params": sum(p.numel() for p in model.parameters()),  # the ts form's expectation (BN kept)
+        "folded_params_expected": folded,  # the dynamo form's expectation (BN folded where it can be)
+        "bn_not_folded": bn_kept,
+        "timm_version": timm.__version__,
+    }
+    if failed:
+        entry["export_failed"] = failed
+    return entry
+
+
+def forms(entry: dict) -> list[str]:
+    """The model forms of a manifest entry (its files less their external data)."""
+    return [k for k in entry["files"] if ".data" not in k]
+
+
+def framework(name: str) -> str:
+    return "keras" if name in KERAS_MODELS else "timm" if name in TIMM_MODELS else "torch"
 
 
 # ---- keras.applications -----------------------------------------------------------------------
@@ -235,24 +365,28 @@ def export(out: Path, names: list[str]) -> dict:
         if _complete(out, manifest.get(name)):
             continue
         start = time.time()
-        entry = export_keras(name, out) if name in KERAS_MODELS else export_torch(name, out)
+        fw = framework(name)
+        entry = export_keras(name, out) if fw == "keras" else export_timm(name, out) if fw == "timm" \
+            else export_torch(name, out)
+        entry["export_seconds"] = round(time.time() - start, 1)
         manifest[name] = entry
         _write_manifest(out, manifest)
-        print(f"exported {name} in {time.time() - start:.1f}s", flush=True)
+        failed = f" (failed: {entry['export_failed']})" if entry.get("export_failed") else ""
+        print(f"exported {name} in {time.time() - start:.1f}s{failed}", flush=True)
     return manifest
 
 
 def ensure(out: Path | None = None, names: list[str] | None = None) -> dict:
     """Build whatever part of the zoo is missing, each framework in its own process."""
     out = out or default_dir()
-    names = names or TORCH_MODELS + list(KERAS_MODELS)
+    names = names or ALL_MODELS
     manifest = read_manifest(out)
     missing = [n for n in names if not _complete(out, manifest.get(n))]
-    for framework, group in (("torch", [n for n in missing if n not in KERAS_MODELS]),
-                             ("keras", [n for n in missing if n in KERAS_MODELS])):
+    for fw in ("torch", "timm", "keras"):
+        group = [n for n in missing if framework(n) == fw]
         if group:
             subprocess.run([sys.executable, __file__, "--out", str(out), "--only", ",".join(group),
-                            "--framework", framework], check=True)
+                            "--framework", fw], check=True)
     return read_manifest(out)
 
 
@@ -260,17 +394,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="cache directory (default: $MORPHONNX_ZOO or ~/.cache/...)")
     p.add_argument("--only", default="", help="comma-separated model names (default: all)")
-    p.add_argument("--framework", choices=("torch", "keras", "all"), default="all")
+    p.add_argument("--framework", choices=("torch", "timm", "keras", "all"), default="all")
     args = p.parse_args(argv)
     out = args.out or default_dir()
-    names = [n for n in args.only.split(",") if n] or TORCH_MODELS + list(KERAS_MODELS)
-    unknown = [n for n in names if n not in TORCH_MODELS and n not in KERAS_MODELS]
+    names = [n for n in args.only.split(",") if n] or ALL_MODELS
+    unknown = [n for n in names if n not in ALL_MODELS]
     if unknown:
-        p.error(f"unknown model {unknown[0]}; known: {', '.join(TORCH_MODELS + list(KERAS_MODELS))}")
+        p.error(f"unknown model {unknown[0]}; known: {', '.join(ALL_MODELS)}")
+    start = time.time()
     if args.framework == "all":
         ensure(out, names)
     else:
-        export(out, [n for n in names if (n in KERAS_MODELS) == (args.framework == "keras")])
+        export(out, [n for n in names if framework(n) == args.framework])
+    print(f"zoo ready in {out} ({time.time() - start:.0f}s)")
     print(f"zoo ready in {out}")
     return 0
 

@@ -1,8 +1,9 @@
 """The rewrite: folds of what removed channels leave behind, names, external data, and the
-contract on every model of the zoo with random masks (3 seeds)."""
+contract on every model and form of the zoo with random masks (one seed per case)."""
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import onnx
@@ -77,22 +78,65 @@ def test_all_alive_changes_nothing():
     assert result.folds == {} and check(g, result.oracle, result.model).relative < 1e-6
 
 
-ZOO_FILES = [(name, kind) for name in export_zoo.TORCH_MODELS for kind in ("folded", "bn")] + \
-    [(name, "onnx") for name in export_zoo.KERAS_MODELS]
+SHAPE_FOLD = "shape constants are not folded (onnx.reference: 'Unable to find input' in a Shape/Reshape " \
+    "computation: window shifts, weight standardization)"
+DYNAMIC_TRANSPOSE = "runtime-computed shapes (Transpose fed by Shape ops): BadInput 'not static'"
+DYNAMIC_PAD = "runtime-computed padding (Pad fed by Shape ops: TF 'same', Swin windows): BadInput 'not static'"
+SHARED_BIAS = "a bias shared by several convs (TorchScript dedupe of zero-initialized biases, through Identity): " \
+    "KeyError 'not a constant tensor'"
+SPLIT_SIZES = "Split sizes are not rewritten after pruning (Res2Net/CSP/SK splits): shape inference mismatch"
+SLICE_SPLIT = "a channel split (Slice) of a pruned tensor is not rewritten: Add of incompatible dimensions"
+# (name, form) → why it fails today; strict, so a fix shows up as XPASS
+ZOO_XFAIL: dict[tuple[str, str], str] = {
+    ("swin_t", "folded"): SHAPE_FOLD,
+    ("swin_t", "bn"): SHAPE_FOLD,
+    ("swin_t", "ts"): DYNAMIC_TRANSPOSE,
+    ("timm_res2net50_14w_8s", "dynamo"): SLICE_SPLIT,
+    ("timm_res2net50_14w_8s", "ts"): SPLIT_SIZES,
+    ("timm_cs3darknet_s", "dynamo"): SLICE_SPLIT,
+    ("timm_cs3darknet_s", "ts"): SPLIT_SIZES,
+    ("timm_poolformer_s12", "ts"): SHARED_BIAS,
+    ("timm_tf_mobilenetv3_small_100", "ts"): DYNAMIC_PAD,
+    ("timm_skresnet18", "dynamo"): "selective-kernel split: the pruned model fails in onnxruntime "
+                                   "(Conv input channels mismatch)",
+    ("timm_skresnet18", "ts"): SPLIT_SIZES,
+    ("timm_nf_resnet26", "dynamo"): SHAPE_FOLD,
+    ("timm_nf_resnet26", "ts"): SHAPE_FOLD,
+    ("timm_efficientnet_b0", "ts"): SHARED_BIAS,
+    ("timm_mixnet_s", "ts"): SHARED_BIAS,
+    ("timm_levit_128s", "ts"): "a BN shift folded into a Gemm with a bias gives it 4 inputs (LeViT BN-linear): "
+                               "the checker fails",
+    ("timm_swin_tiny_patch4_window7_224", "dynamo"): SHAPE_FOLD,
+    ("timm_swin_tiny_patch4_window7_224", "ts"): DYNAMIC_PAD,
+    ("timm_convnext_atto", "ts"): SHARED_BIAS,
+}
+ZOO_FILES = [(n, f) for n in export_zoo.TORCH_MODELS for f in export_zoo.TORCH_FORMS] + \
+    [(n, f) for n in export_zoo.TIMM_MODELS for f in export_zoo.TIMM_FORMS] + \
+    [(n, "onnx") for n in export_zoo.KERAS_MODELS]
+
+
+def zoo_seed(name: str, kind: str) -> int:
+    """One seed per case (stable across runs); scripts/zoo_sweep.py runs all three."""
+    return zlib.crc32(f"{name}.{kind}".encode()) % 3
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize("name, kind", ZOO_FILES)
-def test_random_masks_on_the_zoo(zoo, name, kind):
+@pytest.mark.parametrize("name, kind", [
+    pytest.param(n, f, marks=pytest.mark.xfail(strict=True, reason=ZOO_XFAIL[n, f])) if (n, f) in ZOO_XFAIL
+    else (n, f) for n, f in ZOO_FILES])
+def test_random_masks_on_the_zoo(zoo, name, kind, tmp_path):
     out, manifest = zoo
+    if kind not in manifest[name]["files"]:
+        pytest.skip(f"export failed: {manifest[name]['export_failed'][kind]}")
     g = morphonnx.load(out / manifest[name]["files"][kind])
     gr = find_groups(g)
-    for seed in (0, 1, 2):
-        result = prune(gr, random_masks(gr, seed))
-        c = check(g, result.oracle, result.model)
-        assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}"
-        assert morphonnx.cost_model(morphonnx.load(result.model)).total("macs") < \
-            morphonnx.cost_model(g).total("macs")
+    seed = zoo_seed(name, kind)
+    result = prune(gr, random_masks(gr, seed))
+    with Outputs() as outputs:  # the file as written, reopened from disk
+        staged = outputs.model(tmp_path / "pruned.onnx", result.model, external=bool(g.external_files()))
+        c = check(g, result.oracle, staged)
+    assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}; {c.notes}"
+    assert morphonnx.cost_model(morphonnx.load(staged)).total("macs") < morphonnx.cost_model(g).total("macs")
 
 
 # ---- constants shared or routed by the exporter -----------------------------------------------------

@@ -1,8 +1,12 @@
 """Cost figures on the exported zoo against the frameworks' own numbers.
 
 torchvision: conv+linear MACs within 1% of the published GFLOPS (`meta["_ops"]`); parameters
-equal to the torch model's count (BN-kept export, running stats excluded) or to the same BN
-folding arithmetic done on the torch model's exported program (BN-folded export).
+equal to the torch model's count (BN-kept exports: dynamo optimize=False and TorchScript, running
+stats excluded) or to the same BN folding arithmetic done on the torch model's exported program
+(BN-folded export, the default dynamo call with external data).
+timm: every op costed; parameters equal to torch's count (TorchScript form) or to the BN folding
+arithmetic (dynamo form). Cases that fail today are strict xfails naming the construct, so they
+flip when it is handled.
 keras: parameters equal to count_params() less BN moving statistics, with tf2onnx's BN
 handling applied (a BN folds into a bias-free Conv2D it alone follows, else stays a Mul/Add).
 """
@@ -16,8 +20,57 @@ from conftest import export_zoo
 pytestmark = pytest.mark.zoo
 
 
-@pytest.mark.parametrize("kind", ["folded", "bn"])
-@pytest.mark.parametrize("name", export_zoo.TORCH_MODELS)
+SHAPE_FOLD = "shape constants are not folded (onnx.reference: 'Unable to find input' in a Shape/Reshape " \
+    "computation: window shifts, weight standardization)"
+DYNAMIC_TRANSPOSE = "runtime-computed shapes (Transpose fed by Shape ops): BadInput 'not static'"
+DYNAMIC_PAD = "runtime-computed padding (Pad fed by Shape ops: TF 'same', Swin windows): BadInput 'not static'"
+TS_SHARED = "the TorchScript exporter shares equal zero-initialized biases; each is counted once"
+FOLD_ARITH = "zero-initialized biases dropped or shared by the exporter, or BN after Linear/non-conv not " \
+    "folded as the arithmetic assumes"
+# (name, form) → why it fails today; strict, so a fix shows up as XPASS
+TORCH_XFAIL: dict[tuple[str, str], str] = {
+    ("swin_t", "folded"): SHAPE_FOLD,
+    ("swin_t", "bn"): SHAPE_FOLD,
+    ("swin_t", "ts"): DYNAMIC_TRANSPOSE,
+}
+TIMM_XFAIL: dict[tuple[str, str], str] = {
+    ("timm_rexnet_100", "dynamo"): f"params -9268 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_cs3darknet_s", "dynamo"): f"params -1000 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_repvgg_a0", "dynamo"): f"params -1000 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_mobileone_s0", "dynamo"): f"params -1000 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_poolformer_s12", "dynamo"): f"params -24296 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_poolformer_s12", "ts"): f"params -18688 vs torch: {TS_SHARED}",
+    ("timm_tf_mobilenetv3_small_100", "dynamo"): f"params -4912 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_tf_mobilenetv3_small_100", "ts"): DYNAMIC_PAD,
+    ("timm_nf_resnet26", "dynamo"): SHAPE_FOLD,
+    ("timm_nf_resnet26", "ts"): SHAPE_FOLD,
+    ("timm_efficientnet_b0", "dynamo"): f"params -10340 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_efficientnet_b0", "ts"): f"params -6400 vs torch: {TS_SHARED}",
+    ("timm_mixnet_s", "dynamo"): f"params -7926 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_mixnet_s", "ts"): f"params -3540 vs torch: {TS_SHARED}",
+    ("timm_regnetx_002", "dynamo"): f"params -1000 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_deit_tiny_patch16_224", "dynamo"): f"params -20200 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_deit_tiny_patch16_224", "ts"): f"params -19200 vs torch: {TS_SHARED}",
+    ("timm_levit_128s", "dynamo"): f"params +58992 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_levit_128s", "ts"): f"params -2756 vs torch: {TS_SHARED}",
+    ("timm_mobilevit_xxs", "dynamo"): f"params -4904 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_mobilevit_xxs", "ts"): f"params -3904 vs torch: {TS_SHARED}",
+    ("timm_efficientformer_l1", "dynamo"): f"params +10688 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_efficientformer_l1", "ts"): f"params -7576 vs torch: {TS_SHARED}",
+    ("timm_swin_tiny_patch4_window7_224", "dynamo"): SHAPE_FOLD,
+    ("timm_swin_tiny_patch4_window7_224", "ts"): DYNAMIC_PAD,
+    ("timm_lcnet_050", "dynamo"): f"params -2760 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_convnext_atto", "dynamo"): f"params -13880 vs BN-folding arithmetic: {FOLD_ARITH}",
+    ("timm_convnext_atto", "ts"): f"params -10360 vs torch: {TS_SHARED}",
+}
+
+
+def _cases(names, forms, xfail):
+    return [pytest.param(n, f, marks=pytest.mark.xfail(strict=True, reason=xfail[n, f])) if (n, f) in xfail
+            else (n, f) for n in names for f in forms]
+
+
+@pytest.mark.parametrize("name, kind", _cases(export_zoo.TORCH_MODELS, export_zoo.TORCH_FORMS, TORCH_XFAIL))
 def test_torchvision_costs(zoo, name, kind):
     out, manifest = zoo
     entry = manifest[name]
@@ -25,11 +78,31 @@ def test_torchvision_costs(zoo, name, kind):
     assert cm.not_costed == []
     gmacs = cm.total("macs") / 1e9
     assert gmacs == pytest.approx(entry["published_gmacs"], rel=0.01)
-    expected = entry["torch_params"] if kind == "bn" else entry["folded_params_expected"]
+    expected = {"bn": entry["torch_params"], "ts": entry["ts_params_expected"],
+                "folded": entry["folded_params_expected"]}[kind]
     assert cm.params == expected
     if kind == "bn":
         # inception_v3's published count includes its AuxLogits head, absent in eval mode
         assert entry["torch_params"] + entry["published_aux_params"] == entry["published_params"]
+
+
+@pytest.mark.parametrize("name, kind", _cases(export_zoo.TIMM_MODELS, export_zoo.TIMM_FORMS, TIMM_XFAIL))
+def test_timm_costs(zoo, name, kind):
+    out, manifest = zoo
+    entry = manifest[name]
+    if kind not in entry["files"]:
+        pytest.skip(f"export failed: {entry['export_failed'][kind]}")
+    cm = morphonnx.cost_model(morphonnx.load(out / entry["files"][kind]))
+    assert cm.not_costed == []
+    assert cm.total("macs") > 0
+    expected = entry["torch_params"] if kind == "ts" else entry["folded_params_expected"]
+    assert cm.params == expected
+
+
+def test_enough_timm_models_export_in_both_forms(zoo):
+    out, manifest = zoo
+    both = [n for n in export_zoo.TIMM_MODELS if set(export_zoo.TIMM_FORMS) <= set(manifest[n]["files"])]
+    assert len(both) >= 20, {n: manifest[n].get("export_failed") for n in export_zoo.TIMM_MODELS}
 
 
 @pytest.mark.parametrize("name", list(export_zoo.KERAS_MODELS))
