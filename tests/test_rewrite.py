@@ -135,8 +135,8 @@ def test_random_masks_on_the_zoo(zoo, name, kind, tmp_path):
     with Outputs() as outputs:  # the file as written, reopened from disk
         staged = outputs.model(tmp_path / "pruned.onnx", result.model, external=bool(g.external_files()))
         c = check(g, result.oracle, staged)
-    assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}; {c.notes}"
-    assert morphonnx.cost_model(morphonnx.load(staged)).total("macs") < morphonnx.cost_model(g).total("macs")
+        assert c.ok, f"seed {seed}: relative error {c.relative:.2e}, checker {c.checker}; {c.notes}"
+        assert morphonnx.cost_model(morphonnx.load(staged)).total("macs") < morphonnx.cost_model(g).total("macs")
 
 
 # ---- constants shared or routed by the exporter -----------------------------------------------------
