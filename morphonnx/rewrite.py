@@ -206,18 +206,23 @@ class Rewriter:
         if fold.tensor in self.kept:
             value = np.take(value, self.kept[fold.tensor], axis=axis)
         bias = BIAS_INPUT.get(node.op)
-        if fold.uniform and bias is not None:
+        has = bias is not None and len(node.inputs) > bias and node.inputs[bias].name != ""
+        # Into the op's own bias input, when it has none or a constant one (a computed bias, or a
+        # Gemm with beta 0, gets an Add after the op instead).
+        settable = bias is not None and (not has or isinstance(node.inputs[bias], gs.Constant)) and \
+            not (node.op == "Gemm" and float(node.attrs.get("beta", 1.0)) == 0.0)
+        if fold.uniform and settable:
             vec = np.moveaxis(value, axis, -1).reshape(-1, value.shape[axis])[0]
             if node.op == "Gemm":
                 vec = vec / float(node.attrs.get("beta", 1.0))
-            if len(node.inputs) > bias and isinstance(node.inputs[bias], gs.Constant):
+            if has:
                 old = np.asarray(node.inputs[bias].values)
                 new = (np.broadcast_to(old, vec.shape) if old.size != vec.size else old.reshape(vec.shape)) + vec
                 self.set_const(node, bias, new.reshape(vec.shape) if old.ndim <= 1 else new.reshape(old.shape[:-1] + vec.shape))
             else:
-                while len(node.inputs) < bias:
+                while len(node.inputs) <= bias:
                     node.inputs.append(gs.Variable.empty())
-                node.inputs.append(gs.Constant(f"{node.name}.folded_bias", vec.astype(dtype)))
+                node.inputs[bias] = gs.Constant(f"{node.name}.folded_bias", vec.astype(dtype))
             return "bias"
         out = node.outputs[0]
         pre = gs.Variable(f"{out.name}.before_fold", dtype=out.dtype)

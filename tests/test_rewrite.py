@@ -344,3 +344,27 @@ def test_fp16_model_prunes_in_its_dtype(tmp_path):
     c = check(g, result.oracle, tmp_path / "h.onnx")
     assert c.ok and c.tolerance == 1e-2 and c.checker == "passed"
     assert {t.data_type for t in onnx.load(str(tmp_path / "h.onnx")).graph.initializer} == {TensorProto.FLOAT16}
+
+
+@pytest.mark.parametrize("bias", ["computed", "empty", "beta0"])
+def test_fold_into_a_gemm_whose_bias_is_not_a_constant(bias):
+    """LeViT's BN-linear: a Gemm whose bias input is computed (or named empty, or beta 0) gets
+    the folded constant in an Add after it, never a fourth input."""
+    n = Net(size=4)
+    x = n.cbr("x", 4, 8, name="a")
+    p = n.node("Flatten", [n.node("GlobalAveragePool", [x])], "flat", axis=1)
+    w = n.param((3, 8), "fc.weight")
+    attrs = {"transB": 1}
+    if bias == "computed":
+        c = n.node("Relu", [n.param((3,), "fc.raw_bias")], "fc.bias_relu")
+        ins = [p, w, c]
+    elif bias == "empty":
+        ins = [p, w, ""]
+    else:
+        ins, attrs = [p, w, n.param((3,), "fc.bias")], {"transB": 1, "beta": 0.0}
+    m = n.model(n.node("Gemm", ins, "fc", **attrs))
+    g = morphonnx.load(m)
+    gr = find_groups(g)
+    result = prune(gr, masks_from_sources(gr, {"a.bn": [1, 0, 1, 1, 0, 1, 1, 1]}))
+    fc = next(x for x in result.model.graph.node if x.name == "fc")
+    assert len(fc.input) <= 3 and check(g, result.oracle, result.model).ok
