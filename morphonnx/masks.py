@@ -57,6 +57,21 @@ def all_alive(groups: Groups) -> Masks:
     return Masks({g.id: np.ones(g.size, dtype=bool) for g in groups.groups})
 
 
+def random_masks(groups: Groups, seed: int, share: float | tuple[float, float] = (0.1, 0.9)) -> Masks:
+    """Random masks (not legalized): every unpinned group keeps each channel with probability
+    `share` (or one drawn per group from the range), and at least one channel. For trying a
+    rewrite, benchmarks and tests."""
+    rng = np.random.default_rng(seed)
+    masks = all_alive(groups)
+    for g in groups.groups:
+        if not g.pinned:
+            draws = rng.random(g.size)
+            keep = draws < (rng.uniform(*share) if isinstance(share, tuple) else share)
+            keep[rng.integers(g.size)] = True
+            masks.keep[g.id] = keep
+    return masks
+
+
 def read_masks_doc(path: str | os.PathLike) -> tuple[dict[str, list], dict[str, list]]:
     """The `masks` and the optional `silenced` mappings of a masks JSON file, read once;
     BadInput if the file is unreadable, not JSON, or not shaped like one."""

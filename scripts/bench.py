@@ -133,15 +133,9 @@ def bench_scaling(sizes: list[int], repeat: int, tmp: Path) -> None:
 
 def random_masks(groups, keep: float, seed: int = 0, multiple: int = 1):
     """Masks keeping a random `keep` share of every unpinned group (at least one channel)."""
-    from morphonnx.masks import all_alive, legalize
-    rng = np.random.default_rng(seed)
-    masks = all_alive(groups)
-    for g in groups.groups:
-        if not g.pinned:
-            alive = rng.random(g.size) < keep
-            alive[rng.integers(g.size)] = True
-            masks.keep[g.id] = alive
-    return legalize(groups, masks, multiple)
+    from morphonnx.masks import legalize
+    from morphonnx.masks import random_masks as draw
+    return legalize(groups, draw(groups, seed, keep), multiple)
 
 
 def prune_once(path: Path, out: Path, keep: float, multiple: int = 1):

@@ -42,20 +42,12 @@ import json, sys
 import numpy as np
 import morphonnx
 from morphonnx.groups import find_groups
-from morphonnx.masks import all_alive, legalize
+from morphonnx.masks import legalize, random_masks
 
 path, out_dir, seeds = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")]
 gr = find_groups(morphonnx.load(path))
 for seed in seeds:
-    # tests/conftest.py::random_masks
-    rng = np.random.default_rng(seed)
-    masks = all_alive(gr)
-    for grp in gr.groups:
-        if not grp.pinned:
-            keep = rng.random(grp.size) < rng.uniform(0.1, 0.9)
-            keep[rng.integers(grp.size)] = True
-            masks.keep[grp.id] = keep
-    masks = legalize(gr, masks)
+    masks = legalize(gr, random_masks(gr, seed))  # as tests/conftest.py::random_masks
     doc = {}
     for s in gr.plan.sources:
         chans = gr.source_channels(s)

@@ -106,14 +106,9 @@ class Net:
 def random_masks(groups, seed: int, legal: bool = True):
     """Masks keeping a random share (10% to 90%) of every unpinned group, at least one channel
     (legalized unless `legal` is False)."""
-    from morphonnx.masks import all_alive, legalize
-    rng = np.random.default_rng(seed)
-    masks = all_alive(groups)
-    for grp in groups.groups:
-        if not grp.pinned:
-            keep = rng.random(grp.size) < rng.uniform(0.1, 0.9)
-            keep[rng.integers(grp.size)] = True
-            masks.keep[grp.id] = keep
+    from morphonnx.masks import legalize
+    from morphonnx.masks import random_masks as draw
+    masks = draw(groups, seed)
     return legalize(groups, masks) if legal else masks
 
 
