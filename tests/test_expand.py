@@ -45,10 +45,7 @@ def test_expand_cli_writes_a_model_of_the_predicted_macs(tmp_path, capsys):
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="morphonnx.load fails: shape constants are not folded "
-                                            "(onnx.reference: 'Unable to find input')")) if n == "swin_t" else n
-    for n in export_zoo.TORCH_MODELS])
+@pytest.mark.parametrize("name", export_zoo.TORCH_MODELS)
 def test_expand_to_the_original_budget(zoo, name):
     out, manifest = zoo
     g = morphonnx.load(out / manifest[name]["files"]["folded"])

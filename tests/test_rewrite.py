@@ -78,38 +78,7 @@ def test_all_alive_changes_nothing():
     assert result.folds == {} and check(g, result.oracle, result.model).relative < 1e-6
 
 
-SHAPE_FOLD = "shape constants are not folded (onnx.reference: 'Unable to find input' in a Shape/Reshape " \
-    "computation: window shifts, weight standardization)"
-DYNAMIC_TRANSPOSE = "runtime-computed shapes (Transpose fed by Shape ops): BadInput 'not static'"
-DYNAMIC_PAD = "runtime-computed padding (Pad fed by Shape ops: TF 'same', Swin windows): BadInput 'not static'"
-SHARED_BIAS = "a bias shared by several convs (TorchScript dedupe of zero-initialized biases, through Identity): " \
-    "KeyError 'not a constant tensor'"
-SPLIT_SIZES = "Split sizes are not rewritten after pruning (Res2Net/CSP/SK splits): shape inference mismatch"
-SLICE_SPLIT = "a channel split (Slice) of a pruned tensor is not rewritten: Add of incompatible dimensions"
-# (name, form) → why it fails today; strict, so a fix shows up as XPASS
-ZOO_XFAIL: dict[tuple[str, str], str] = {
-    ("swin_t", "folded"): SHAPE_FOLD,
-    ("swin_t", "bn"): SHAPE_FOLD,
-    ("swin_t", "ts"): DYNAMIC_TRANSPOSE,
-    ("timm_res2net50_14w_8s", "dynamo"): SLICE_SPLIT,
-    ("timm_res2net50_14w_8s", "ts"): SPLIT_SIZES,
-    ("timm_cs3darknet_s", "dynamo"): SLICE_SPLIT,
-    ("timm_cs3darknet_s", "ts"): SPLIT_SIZES,
-    ("timm_poolformer_s12", "ts"): SHARED_BIAS,
-    ("timm_tf_mobilenetv3_small_100", "ts"): DYNAMIC_PAD,
-    ("timm_skresnet18", "dynamo"): "selective-kernel split: the pruned model fails in onnxruntime "
-                                   "(Conv input channels mismatch)",
-    ("timm_skresnet18", "ts"): SPLIT_SIZES,
-    ("timm_nf_resnet26", "dynamo"): SHAPE_FOLD,
-    ("timm_nf_resnet26", "ts"): SHAPE_FOLD,
-    ("timm_efficientnet_b0", "ts"): SHARED_BIAS,
-    ("timm_mixnet_s", "ts"): SHARED_BIAS,
-    ("timm_levit_128s", "ts"): "a BN shift folded into a Gemm with a bias gives it 4 inputs (LeViT BN-linear): "
-                               "the checker fails",
-    ("timm_swin_tiny_patch4_window7_224", "dynamo"): SHAPE_FOLD,
-    ("timm_swin_tiny_patch4_window7_224", "ts"): DYNAMIC_PAD,
-    ("timm_convnext_atto", "ts"): SHARED_BIAS,
-}
+ZOO_XFAIL: dict[tuple[str, str], str] = {}  # (name, form) → why it fails today: none do
 ZOO_FILES = [(n, f) for n in export_zoo.TORCH_MODELS for f in export_zoo.TORCH_FORMS] + \
     [(n, f) for n in export_zoo.TIMM_MODELS for f in export_zoo.TIMM_FORMS] + \
     [(n, "onnx") for n in export_zoo.KERAS_MODELS]

@@ -180,7 +180,6 @@ def test_densenet_layers_leave_their_concats(zoo, kind):
     assert {t for _, t in r.dropped} >= set(growth)
 
 
-SWIN_T = "morphonnx.load fails: shape constants are not folded (onnx.reference: 'Unable to find input')"
 BN_MODELS = [n for n in export_zoo.TORCH_MODELS
              if n not in ("alexnet", "squeezenet1_1", "convnext_tiny", "vit_b_16", "swin_t")]
 
@@ -222,8 +221,7 @@ def test_masks_from_the_bn_kept_export_apply_to_the_folded_one(zoo):
 
 @pytest.mark.zoo
 @pytest.mark.parametrize("name, kind", [
-    pytest.param(n, k, marks=pytest.mark.xfail(strict=True, reason=SWIN_T)) if n == "swin_t" else (n, k)
-    for n in export_zoo.TORCH_MODELS for k in ("folded", "bn")] + [(n, "onnx") for n in export_zoo.KERAS_MODELS])
+    (n, k) for n in export_zoo.TORCH_MODELS for k in ("folded", "bn")] + [(n, "onnx") for n in export_zoo.KERAS_MODELS])
 def test_random_dead_groups_pass_or_are_refused(zoo, name, kind):
     g, gr = zoo_groups(zoo, name, kind)
     free = [x for x in gr.groups if not x.pinned]
