@@ -17,16 +17,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .costs import CostModel, OpCost, cost_model
 from .errors import BadInput
-from .graph import Graph, load
-from .groups import Group, Groups, find_groups
-from .masks import Masks, legalize, masks_from_sources, masks_from_threshold, read_masks_file
-from .profiles import Profile, available_profiles, load_profile
-from .report import Analysis, analyze
-from .output import Outputs, write_model
-from .rewrite import PruneResult, prune
-from .verify import Check, check
+
+# Submodules load on first use (PEP 562): the command line imports only what a command needs,
+# so `morphonnx analyze` never pays for onnxruntime or onnx-graphsurgeon.
+_LAZY = {
+    "CostModel": "costs", "OpCost": "costs", "cost_model": "costs",
+    "Graph": "graph", "load": "graph",
+    "Group": "groups", "Groups": "groups", "find_groups": "groups",
+    "Masks": "masks", "legalize": "masks", "masks_from_sources": "masks", "masks_from_threshold": "masks",
+    "read_masks_file": "masks",
+    "Profile": "profiles", "available_profiles": "profiles", "load_profile": "profiles",
+    "Analysis": "report", "analyze": "report",
+    "Outputs": "output", "write_model": "output",
+    "PruneResult": "rewrite", "prune": "rewrite",
+    "Check": "verify", "check": "verify",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'morphonnx' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "digits_cnn.onnx"

@@ -14,7 +14,6 @@ from typing import Sequence
 
 from . import __version__
 from .errors import BadInput
-from .graph import parse_input_shape
 from .output import Outputs
 
 
@@ -53,6 +52,7 @@ def _add_mask_options(p: argparse.ArgumentParser) -> None:
 
 
 def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    from .graph import parse_input_shape
     return dict(parse_input_shape(s) for s in args.input_shape)
 
 

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
-
 from .errors import BadInput
 
 INLINE_BYTES = 1024      # tensors smaller than this stay inside the model file
@@ -310,6 +308,7 @@ def _nbytes(t) -> int:
     n = 1
     for d in t.dims:
         n *= d
+    import numpy as np
     try:
         return n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
     except (KeyError, TypeError, ValueError):
