@@ -177,6 +177,9 @@ def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int]
         runs = runs * 2
     values = {t: runs[0][t] for t in m.boundaries}
     tensors = sorted({t for _, _, t in points})
+    at: dict[str, list[tuple[str, int]]] = {}  # tensor → the consumers that read it
+    for node_name, i, t in points:
+        at.setdefault(t, []).append((node_name, i))
     folds: list[Fold] = []
     jobs: list[tuple[str, int, np.ndarray, np.ndarray]] = []
     revive: dict[int, set[int]] = {}
@@ -200,7 +203,7 @@ def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int]
         index = [slice(None)] * only_dead.ndim
         index[space.axis] = pos
         only_dead[tuple(index)] = a
-        jobs += [(node_name, i, only_dead, pos) for node_name, i, tt in points if tt == t]
+        jobs += [(node_name, i, only_dead, pos) for node_name, i in at[t]]
     for (node_name, *_), y in zip(jobs, _contributions(groups, jobs) if jobs else []):
         out = graph.nodes[node_name].output[0]
         oaxis = plan.spaces[out].axis if out in plan.spaces else 1

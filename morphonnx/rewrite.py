@@ -311,7 +311,8 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
               for gid, n in revived.items()]
     result = PruneResult(model, groups, masks, done, revived, notes, oracle)
     result.morphed = morphed
-    result.removed_nodes = [n for n in groups.graph.nodes if n not in {x.name for x in model.graph.node}]
+    left = {x.name for x in model.graph.node}
+    result.removed_nodes = [n for n in groups.graph.nodes if n not in left]
     result.dropped = m.dropped
     return result
 
