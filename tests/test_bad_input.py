@@ -312,6 +312,11 @@ cli("two outputs, one file (expand)")(lambda t: (["expand", small(t), "--thresho
 cli("two outputs, one file by two spellings")(lambda t: (["prune", small(t), "--threshold", "0.5", "-o",
                                                           str(t / "y.onnx"), "--json", str(t / "." / "y.onnx")],
                                                          "named twice"))
+cli("two outputs, one file (--json is the model's data file)")(lambda t: (
+    ["prune", external(t, "ext.onnx"), "--threshold", "0.5", "-o", str(t / "q.onnx"), "--json", str(t / "q.onnx.data")],
+    "q.onnx.data: named twice as an output of this command (also as"))
+cli("two outputs on stdout")(lambda t: (["prune", small(t), "--threshold", "0.5", "-o", str(t / "p.onnx"), "--json", "-",
+                                         "--masks-out", "-"], "-: named twice"))
 cli("model output to stdout")(lambda t: (["prune", small(t), "--threshold", "0.5", "-o", "-"], "cannot go to stdout"))
 
 # -- integer options
@@ -430,6 +435,11 @@ def test_json_to_dev_null_leaves_a_character_device(tmp_path, capsys):
     before = snapshot(tmp_path)
     assert main(["analyze", m, "--json", "/dev/null"]) == 0
     assert main(["groups", m, "--json", "/dev/null"]) == 0
+    assert main(["structure", m, "--threshold", "0.5", "--json", "/dev/null"]) == 0
+    assert main(["prune", m, "--threshold", "0.5", "-o", str(tmp_path / "p.onnx"), "--json", "/dev/null",
+                 "--masks-out", "/dev/null"]) == 0  # a device named twice is written twice
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    (tmp_path / "p.onnx").unlink()
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     assert snapshot(tmp_path) == before
 
