@@ -192,7 +192,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 print(f"morphonnx: the pruned model fails the equivalence check; {args.output} not written",
                       file=sys.stderr)
                 out.discard()
-                out.claim(args.json)
                 code = 1
         if args.json:
             out.text(args.json, json.dumps(summary, indent=1))
@@ -266,6 +265,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     say = progress_printer()
     with Outputs(args.fit) as out:
         out.claim(args.out, stdout=False)
+        if args.fit:  # bad --fit models are refused before measuring
+            from .graph import load
+            for model in args.fit:
+                out.add_inputs(load(model).external_files())
         profile = calibrate(quick=args.quick, progress=say)
         if args.fit:
             profile = fit_on_models(profile, args.fit, args.variants, progress=say)

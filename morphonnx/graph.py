@@ -273,7 +273,7 @@ def _set_input_shapes(model: onnx.ModelProto, batch: int | None, shapes: Mapping
     for name, vi in inputs.items():
         tt = vi.type.tensor_type
         if name in shapes:
-            dims = list(shapes[name])
+            dims = [_given_dim(d, f"--input-shape {name}") for d in shapes[name]]
             if tt.HasField("shape") and len(tt.shape.dim) and len(tt.shape.dim) != len(dims):
                 raise BadInput(f"--input-shape {name}: rank {len(dims)} but the model's input has "
                                f"rank {len(tt.shape.dim)}")
@@ -288,6 +288,13 @@ def _set_input_shapes(model: onnx.ModelProto, batch: int | None, shapes: Mapping
             if batch is not None or not first.HasField("dim_value"):
                 first.Clear()
                 first.dim_value = int(batch if batch is not None else 1)
+
+
+def _given_dim(d: object, what: str) -> int:
+    """A dimension the API was given (input_shapes): an integer from 1 to MAX_DIM."""
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+        raise BadInput(f"{what}: {d!r} is not an integer size")
+    return check_dim(int(d), what)
 
 
 def _clear_inferred(model: onnx.ModelProto) -> None:

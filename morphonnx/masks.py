@@ -125,6 +125,8 @@ def apply_silenced(groups: Groups, masks: Masks, silenced: dict[str, list], wher
 
 def masks_from_sources(groups: Groups, masks: dict[str, list], where: str = "masks") -> Masks:
     """Combine per-source 0/1 masks into per-group alive flags; BadInput naming a bad entry."""
+    if not isinstance(masks, dict):
+        raise BadInput(f"{where}: expected a mapping {{SOURCE: [1, 0, ...]}}, got {type(masks).__name__}")
     lookup = groups.by_source_name()
     votes: dict[int, list[np.ndarray]] = {}
     result = all_alive(groups)

@@ -102,6 +102,7 @@ class Outputs:
     def __init__(self, inputs: Iterable[str | os.PathLike] = ()):
         self.inputs = [Path(os.path.realpath(p)) for p in inputs if p is not None and os.fspath(p) != "-"]
         self._claimed: dict[Path | str, tuple[str, tuple[str, ...]]] = {}
+        self._data_of_inputs: list[Path] | None = None  # external data files of input models, read on demand
         self._staged: list[tuple[_Target, Callable[[], None], Callable[[], None]]] = []
         self.written: list[str] = []
 
@@ -116,31 +117,59 @@ class Outputs:
         self.inputs += [Path(os.path.realpath(p)) for p in paths]
         claimed, self._claimed = self._claimed, {}
         for path, companions in claimed.values():
-            self.claim(path, companions=companions)
+            self._claim(path, companions=companions)
 
     # ---- claiming ---------------------------------------------------------------------------
     def claim(self, path: str | os.PathLike | None, stdout: bool = True, companions: Iterable[str] = ()
               ) -> _Target | None:
         """Check early that `path` can be written (and its `companions` beside it, e.g. an external
-        data file), is no input and no other output of this command."""
+        data file), is no input and no other output of this command (a file or stdout claimed
+        twice is refused; staging an output claimed before is not a second claim)."""
+        return self._claim(path, stdout, companions, again=False)
+
+    def _claim(self, path: str | os.PathLike | None, stdout: bool = True, companions: Iterable[str] = (),
+               again: bool = True) -> _Target | None:
         if path is None:
             return None
         target = resolve_target(path)
         if target.kind == "stdout" and not stdout:
             raise BadInput(f"{target.path}: this output cannot go to stdout; give a file name")
         key = target.real if target.real is not None else "-"
-        previous = self._claimed.get(key)
-        if previous is not None and previous[0] != target.path and target.kind == "file":
-            raise BadInput(f"{target.path}: named twice as an output of this command")
-        self._claimed[key] = (target.path, tuple(companions))
+        companions = tuple(companions)
+        mine = {key} | ({target.real.parent / c for c in companions} if target.kind == "file" else set())
+        for other, (given, theirs) in self._claimed.items():
+            if other == key and (again or target.kind == "stream"):
+                continue
+            taken = {other} | ({other.parent / c for c in theirs} if isinstance(other, Path) else set())
+            if mine & taken:
+                raise BadInput(f"{target.path}: named twice as an output of this command"
+                               f"{'' if given == target.path else f' (also as {given})'}")
+        self._claimed[key] = (target.path, companions)
         checked = [target.real] if target.real is not None and target.kind == "file" else []
         if target.real is not None and target.kind == "file":
             checked += [target.real.parent / c for c in companions]
         for p in checked:
-            for i in self.inputs:
+            for i in self.inputs + (self._input_data() if p.exists() else []):
                 if _same(p, i):
                     raise BadInput(f"{target.path}: is an input of this command; give another output path")
         return target
+
+    def _input_data(self) -> list[Path]:
+        """The external data files that input ONNX models read (an output must not replace them)."""
+        if self._data_of_inputs is None:
+            import onnx
+            found = []
+            for i in self.inputs:
+                try:
+                    if not i.is_file():
+                        continue
+                    m = onnx.load(str(i), load_external_data=False)
+                except Exception:  # not a model: a masks file, a profile
+                    continue
+                found += [Path(os.path.realpath(i.parent / e.value)) for t in _tensors(m.graph)
+                          for e in t.external_data if e.key == "location"]
+            self._data_of_inputs = found
+        return self._data_of_inputs
 
     # ---- staging ----------------------------------------------------------------------------
     def text(self, path: str | os.PathLike, text: str) -> Path | None:
@@ -149,7 +178,7 @@ class Outputs:
 
     def data(self, path: str | os.PathLike, data: bytes) -> Path | None:
         """Stage a bytes output; returns the staged file (None for stdout, a device or a FIFO)."""
-        target = self.claim(path)
+        target = self._claim(path)
         if target.kind == "stdout":
             self._staged.append((target, lambda: _to_stdout(data), lambda: None))
             return None
@@ -164,7 +193,7 @@ class Outputs:
 
     def file(self, path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
         """Stage an output that a library writes to a file name (a plot): `write(temp_path)`."""
-        target = self.claim(path, stdout=False)
+        target = self._claim(path, stdout=False)
         if target.kind == "stream":
             folder = Path(tempfile.mkdtemp(prefix=".morphonnx."))
             tmp = folder / f"out{suffix}"
@@ -186,7 +215,7 @@ class Outputs:
         will (its external data file, if any, beside it under its final name)."""
         name = Path(os.path.realpath(os.fspath(path))).name
         data_name = name + ".data"
-        target = self.claim(path, stdout=False, companions=[data_name])
+        target = self._claim(path, stdout=False, companions=[data_name])
         external = external or _tensor_bytes(model) > PROTO_LIMIT
         if target.kind == "stream":
             if external:

@@ -115,6 +115,8 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     text = str(name_or_path)
     if text.endswith((".yaml", ".yml")) or os.sep in text:
         path = Path(text)
+        if path.is_dir():
+            raise BadInput(f"profile file {path}: is a directory")
         if not path.is_file():
             raise BadInput(f"profile file {path}: no such file")
     else:
