@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import morphonnx
 from morphonnx import BadInput, available_profiles
