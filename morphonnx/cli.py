@@ -140,9 +140,8 @@ def cmd_structure(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     """Rewrite the model with masks, fold removed channels' constants, write the pruned model and
     verify that file, reopened from disk, against the oracle."""
-    from .report import human
-    from .masks import masks_document, revived_summary
-    from .rewrite import channel_counts, prune, summarize
+    from .masks import masks_document
+    from .rewrite import prune, summarize
     from .verify import check
     with Outputs([args.model, args.masks]) as out:
         out.claim(args.output, stdout=False, companions=[args.output and os.path.basename(args.output) + ".data"])
@@ -152,31 +151,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         result = prune(groups, _masks(args, groups))
         for w in result.masks.warnings + result.notes:
             print(f"warning: {w}", file=sys.stderr)
-        costs = summarize(graph, result.model)
-        ch = channel_counts(groups, result.masks)
         say = print if args.json != "-" else (lambda *a, **k: print(*a, **k, file=sys.stderr))
-        say(f"MACs     {human(costs['macs'][0]):>10s} -> {human(costs['macs'][1]):>10s}  "
-            f"({100 * costs['macs'][1] / max(1, costs['macs'][0]):.1f}%)")
-        say(f"params   {human(costs['params'][0]):>10s} -> {human(costs['params'][1]):>10s}  "
-            f"({100 * costs['params'][1] / max(1, costs['params'][0]):.1f}%)")
-        say(f"channels {ch[0]:>10d} -> {ch[1]:>10d}  (outputs of Conv/Gemm/MatMul)")
-        if costs["folded_constant_values"]:
-            say(f"bias maps {human(costs['folded_constant_values']):>9s} constant values (not counted as params)")
-        say(f"nodes    {len(graph.nodes):>10d} -> {len(result.model.graph.node):>10d}")
-        changes = revived_summary(result.masks)
-        _print_changes(changes, args.verbose, say)
-        _print_topology(groups, result, args.verbose, say)
-        kinds = {k: list(result.folds.values()).count(k) for k in sorted(set(result.folds.values()))}
-        if kinds:
-            say("folded constants of removed channels: " + ", ".join(f"{v} into a {k}" for k, v in kinds.items()))
+        summary = _prune_report(graph, groups, result, summarize(graph, result.model), args, say)
         staged = out.model(args.output, result.model, external=bool(graph.external_files()))
-        summary = {"schema_version": 1, "model": str(args.model), "output": args.output, "macs": costs["macs"],
-                   "params": costs["params"], "folded_constant_values": costs["folded_constant_values"],
-                   "channels": list(ch), "nodes": [len(graph.nodes), len(result.model.graph.node)],
-                   "removed_layers": result.removed_layers(), "folds": result.folds,
-                   "masks_changed": changes, "warnings": result.masks.warnings + result.notes, "check": None}
-        if args.masks_out:
-            out.text(args.masks_out, json.dumps(masks_document(groups, result.masks), indent=1))
         code = 0
         if not args.no_check:
             c = check(graph, result.oracle, staged)
@@ -184,21 +161,45 @@ def cmd_prune(args: argparse.Namespace) -> int:
             say(c.describe())
             for note in c.notes:
                 say(f"  {note}")
-            summary["check"] = {"ok": c.ok, "file": args.output, "checker": c.checker,
-                                "max_abs_error": c.max_abs_error, "max_abs_value": c.max_abs_output,
-                                "relative": c.relative, "tolerance": c.tolerance, "intermediates": c.compared,
-                                "notes": c.notes}
+            summary["check"] = c.to_dict()
             if not c.ok:
                 print(f"morphonnx: the pruned model fails the equivalence check; {args.output} not written",
                       file=sys.stderr)
-                out.discard()
+                out.discard()  # the model goes; the reports below still tell what happened
                 code = 1
+        if args.masks_out:
+            out.text(args.masks_out, json.dumps(masks_document(groups, result.masks), indent=1))
         if args.json:
             out.text(args.json, json.dumps(summary, indent=1))
-        if code and args.masks_out:
-            out.text(args.masks_out, json.dumps(masks_document(groups, result.masks), indent=1))
         _finish(out, *(() if code else (args.output,)), args.json, args.masks_out)
     return code
+
+
+def _prune_report(graph, groups, result, costs: dict, args: argparse.Namespace, say) -> dict:
+    """Print what the prune did; return it as the `--json` summary (without the check)."""
+    from .masks import revived_summary
+    from .report import human
+    from .rewrite import channel_counts
+    ch = channel_counts(groups, result.masks)
+    say(f"MACs     {human(costs['macs'][0]):>10s} -> {human(costs['macs'][1]):>10s}  "
+        f"({100 * costs['macs'][1] / max(1, costs['macs'][0]):.1f}%)")
+    say(f"params   {human(costs['params'][0]):>10s} -> {human(costs['params'][1]):>10s}  "
+        f"({100 * costs['params'][1] / max(1, costs['params'][0]):.1f}%)")
+    say(f"channels {ch[0]:>10d} -> {ch[1]:>10d}  (outputs of Conv/Gemm/MatMul)")
+    if costs["folded_constant_values"]:
+        say(f"bias maps {human(costs['folded_constant_values']):>9s} constant values (not counted as params)")
+    say(f"nodes    {len(graph.nodes):>10d} -> {len(result.model.graph.node):>10d}")
+    changes = revived_summary(result.masks)
+    _print_changes(changes, args.verbose, say)
+    _print_topology(groups, result, args.verbose, say)
+    kinds = {k: list(result.folds.values()).count(k) for k in sorted(set(result.folds.values()))}
+    if kinds:
+        say("folded constants of removed channels: " + ", ".join(f"{v} into a {k}" for k, v in kinds.items()))
+    return {"schema_version": 1, "model": str(args.model), "output": args.output, "macs": costs["macs"],
+            "params": costs["params"], "folded_constant_values": costs["folded_constant_values"],
+            "channels": list(ch), "nodes": [len(graph.nodes), len(result.model.graph.node)],
+            "removed_layers": result.removed_layers(), "folds": result.folds, "masks_changed": changes,
+            "warnings": result.masks.warnings + result.notes, "check": None}
 
 
 def _print_changes(changes: dict, verbose: bool, say=print) -> None:

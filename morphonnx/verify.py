@@ -41,6 +41,14 @@ class Check:
         """max abs error / max |value| of the tensor where the ratio is worst."""
         return self.max_abs_error / max(self.max_abs_output, 1e-30)
 
+    def to_dict(self) -> dict:
+        """The JSON form (`prune --json`)."""
+        finite = lambda v: v if math.isfinite(v) else None  # strict JSON has no Infinity
+        return {"ok": self.ok, "file": self.file, "checker": self.checker,
+                "max_abs_error": finite(self.max_abs_error), "max_abs_value": finite(self.max_abs_output),
+                "relative": finite(self.relative), "tolerance": self.tolerance, "intermediates": self.compared,
+                "notes": self.notes}
+
     def describe(self) -> str:
         """One line for the report."""
         where = f"{self.file} (reopened from disk): " if self.file else ""
