@@ -142,7 +142,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     verify that file, reopened from disk, against the oracle."""
     from .masks import masks_document
     from .rewrite import prune, summarize
-    from .verify import check
+    from .verify import check, dynamic_batch
     with Outputs([args.model, args.masks]) as out:
         out.claim(args.output, stdout=False, companions=[args.output and os.path.basename(args.output) + ".data"])
         out.claim(args.json)
@@ -153,7 +153,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"warning: {w}", file=sys.stderr)
         say = print if args.json != "-" else (lambda *a, **k: print(*a, **k, file=sys.stderr))
         summary = _prune_report(graph, groups, result, summarize(graph, result.model), args, say)
-        staged = out.model(args.output, result.model, external=bool(graph.external_files()))
+        model, why = (result.model, None) if args.batch else dynamic_batch(graph, result.model)
+        if why:
+            print(f"warning: {why}", file=sys.stderr)
+        staged = out.model(args.output, model, external=bool(graph.external_files()))
         code = 0
         if not args.no_check:
             c = check(graph, result.oracle, staged)

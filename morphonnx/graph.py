@@ -73,6 +73,8 @@ class Graph:
         self.consumers: dict[str, list[str]] = {}
         self._arrays: dict[str, np.ndarray] = {}
         self.origins: dict[str, str] = {}  # folded re-layout of a parameter → that parameter's name
+        # graph inputs and outputs as the file declares them (symbolic batch and all), before load fixed them
+        self.declared: dict[str, TensorInfo] = {}
         # folded constant computed from parameters → those parameters (counted in its place)
         self.derived: dict[str, tuple[str, ...]] = {}
         # tensors whose shapes came from a run in onnxruntime (onnx's inference left them unknown)
@@ -375,6 +377,7 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
         from onnx import inliner
         model = inliner.inline_local_functions(model)
     _unique_node_names(model)
+    declared = {vi.name: _tensor_info(vi) for vi in list(model.graph.input) + list(model.graph.output)}
     _set_input_shapes(model, batch, input_shapes or {})
     _clear_inferred(model)
     stored = _stored_constants(model)
@@ -412,6 +415,7 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
     graph.derived = {k: tuple(p for p in v if p not in from_nodes or all(q in from_nodes for q in v))
                      for k, v in done.derived.items() if v}
     graph.measured = measured & set(graph.tensors)
+    graph.declared = declared
     graph._arrays.update(done.values)
     return graph
 

@@ -175,3 +175,37 @@ def check_runs(graph: Graph, model: str | os.PathLike, seeds=(0,)) -> Check:
                 return Check(False, math.inf, 0.0, 0.0, "passed", file, notes=["outputs are not finite"], oracle=False)
             top = max(top, float(np.max(np.abs(y))) if y.size else 0.0)
     return Check(True, 0.0, top, 0.0, "passed", file, oracle=False)
+
+
+def dynamic_batch(graph: Graph, model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """The pruned model with the file's symbolic batch dimension back on its inputs and outputs,
+    if it computes each sample of a batch of 2 as it computes that sample alone (a Reshape whose
+    shape load folded from batch 1 would not); else the model as it is, with the reason."""
+    names = [vi.name for vi in list(model.graph.input) + list(model.graph.output)]
+    batch = {n: graph.declared[n].shape[0] for n in names if n in graph.declared and graph.declared[n].shape
+             and not isinstance(graph.declared[n].shape[0], int)}
+    inputs = [i for i in graph.inputs if i in batch]
+    if not inputs or any(i not in batch for i in graph.inputs):
+        return model, None
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        if vi.name in batch and vi.type.tensor_type.shape.dim:
+            d = vi.type.tensor_type.shape.dim[0]
+            d.Clear()
+            d.dim_param = batch[vi.name] or "batch"
+    del m.graph.value_info[:]
+    try:
+        one = [random_inputs(graph, s) for s in (0, 1)]
+        both = {k: np.concatenate([f[k] for f in one]) for k in one[0]}
+        sess = session(m)
+        apart = [sess.run(None, f) for f in one]
+        together = sess.run(None, both)
+    except Exception as e:  # onnxruntime refuses the batch: a shape was fixed
+        return model, f"the written model keeps batch {graph.static_shape(inputs[0], 'graph input')[0]} " \
+                      f"(at batch 2: {str(e).strip().splitlines()[0][:120]})"
+    for k, y in enumerate(together):
+        x = np.concatenate([a[k] for a in apart])
+        if x.shape != y.shape or not np.allclose(x, y, rtol=1e-4, atol=1e-5 * max(1e-30, float(np.max(np.abs(x))))):
+            return model, "the written model keeps its fixed batch (at batch 2 it does not compute each sample alike)"
+    return m, None

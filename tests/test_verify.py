@@ -74,3 +74,26 @@ def test_outputs_that_do_not_vary_bring_intermediate_tensors_in():
     c = check(g, result.oracle, result.model)
     assert c.ok and c.compared
     assert not check(g, result.oracle, tamper(result.model, "b.bn.weight")).ok
+
+
+def test_a_symbolic_batch_stays_symbolic_in_the_written_model(tmp_path):
+    """The bundled small CNN declares a symbolic batch: the pruned file keeps it and runs at batch 3;
+    a model whose batch was baked into a Reshape keeps batch 1, with a warning."""
+    import numpy as np
+    import onnxruntime as ort
+    from conftest import SMALL_CNN
+    from morphonnx.cli import main
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(SMALL_CNN), "--threshold", "0.9", "-o", str(out)]) == 0
+    s = ort.InferenceSession(str(out))
+    assert not isinstance(s.get_inputs()[0].shape[0], int)
+    assert s.run(None, {s.get_inputs()[0].name: np.zeros((3, 3, 32, 32), np.float32)})[0].shape[0] == 3
+    n = Net(size=4)
+    y = n.cbr("x", 4, 8, name="a")
+    flat = n.node("Reshape", [y, n.const([1, -1], dtype=np.int64)], "flat")  # batch 1 baked in
+    m = n.model(n.node("Gemm", [flat, n.param((3, 8 * 16), "fc.weight")], "fc", transB=1))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    g = morphonnx.load(m)
+    from morphonnx.verify import dynamic_batch
+    same, why = dynamic_batch(g, m)
+    assert same is m and "keeps" in why
