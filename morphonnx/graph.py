@@ -99,6 +99,7 @@ class Graph:
         for name, t in list(self.initializers.items()) + list(self.constants.items()):
             self.tensors[name] = TensorInfo(name, t.data_type, tuple(int(d) for d in t.dims))
         self.nx = self._build_nx()
+        self._order: list[str] | None = None
 
     def _build_nx(self) -> nx.DiGraph:
         graph = nx.DiGraph()
@@ -157,8 +158,10 @@ class Graph:
         return self.derived.get(name) or ((name,) if name in self.stored else ())
 
     def topological_nodes(self) -> list[str]:
-        """Node names in a topological order (file order when the file is already sorted)."""
-        return list(nx.topological_sort(self.nx))
+        """Node names in a topological order (computed once; the graph does not change)."""
+        if self._order is None:
+            self._order = list(nx.topological_sort(self.nx))
+        return list(self._order)
 
     def external_files(self) -> list[Path]:
         """The external data files the model reads."""
