@@ -93,7 +93,7 @@ def check(graph: Graph, oracle: Oracle, pruned: onnx.ModelProto | str | os.PathL
     _compare(result, outputs, expected, got, oracle)
     trivial = _trivial(outputs, expected)
     if trivial:
-        result.notes.append(f"outputs {', '.join(trivial)} are ~0 or do not vary with the input: "
+        result.notes.append(f"outputs {', '.join(trivial)} are ~0, overflow or do not vary with the input: "
                             f"intermediate tensors compared too")
         names = _intermediates(graph, oracle, model)
         if names:
@@ -109,20 +109,24 @@ def check(graph: Graph, oracle: Oracle, pruned: onnx.ModelProto | str | os.PathL
 
 
 def _compare(result: Check, names: list[str], expected, got, oracle: Oracle) -> None:
-    """Per tensor: max abs error over the seeds against tolerance × max |oracle value|."""
+    """Per tensor: max abs error over the seeds against tolerance × max |oracle value|, on the
+    entries where the oracle is finite (where it overflows, to inf or NaN, nothing can be
+    compared; an inf/NaN of the pruned model where the oracle is finite is an error)."""
     for k, name in enumerate(names):
-        top = max(float(np.max(np.abs(e[k]))) if e[k].size else 0.0 for e in expected)
+        finite = [e[k][np.isfinite(e[k])] for e in expected]
+        top = max(float(np.max(np.abs(f))) if f.size else 0.0 for f in finite)
         err = 0.0
         for e, g in zip(expected, got):
             x = oracle.restrict(name, e[k]).astype(np.float64)
-            if x.shape != g[k].shape:
+            y = g[k].astype(np.float64)
+            if x.shape != y.shape:
                 result.ok = False
-                result.notes.append(f"tensor '{name}': shape {list(g[k].shape)} where the oracle has "
-                                    f"{list(x.shape)}")
+                result.notes.append(f"tensor '{name}': shape {list(y.shape)} where the oracle has {list(x.shape)}")
                 err = math.inf
                 continue
-            if x.size:
-                err = max(err, float(np.max(np.abs(x - g[k]))))
+            ok = np.isfinite(x)
+            if ok.any():
+                err = max(err, float(np.max(np.abs(x[ok] - y[ok]))))
         if not err <= result.tolerance * max(top, TINY):
             result.ok = False
         if err / max(top, 1e-30) >= result.relative or not math.isfinite(err):
@@ -130,13 +134,13 @@ def _compare(result: Check, names: list[str], expected, got, oracle: Oracle) -> 
 
 
 def _trivial(names: list[str], runs) -> list[str]:
-    """Outputs that are ~0 or identical for every input."""
+    """Outputs that are ~0, identical for every input, or overflowing (inf/NaN somewhere)."""
     out = []
     for k, name in enumerate(names):
         values = [r[k] for r in runs]
         top = max(float(np.max(np.abs(v))) if v.size else 0.0 for v in values)
         same = all(np.array_equal(values[0], v) for v in values[1:])
-        if top < TINY or (len(values) > 1 and same):
+        if not math.isfinite(top) or top < TINY or (len(values) > 1 and same):
             out.append(name)
     return out
 

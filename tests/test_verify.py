@@ -97,3 +97,12 @@ def test_a_symbolic_batch_stays_symbolic_in_the_written_model(tmp_path):
     from morphonnx.verify import dynamic_batch
     same, why = dynamic_batch(g, m)
     assert same is m and "keeps" in why
+
+
+def test_overflowing_outputs_bring_intermediate_tensors_in():
+    """Outputs of inf (a model that overflows on these inputs) prove nothing: the layers before
+    the overflow are compared, and an error there fails."""
+    g, result = pruned(scale=3e38)
+    c = check(g, result.oracle, result.model)
+    assert c.ok and c.compared and "overflow" in c.notes[0]
+    assert not check(g, result.oracle, tamper(result.model, "b.bn.weight")).ok
