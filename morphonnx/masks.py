@@ -159,6 +159,10 @@ def masks_from_threshold(groups: Groups, threshold: float) -> Masks:
             for c, gid, k in groups.source_channels(s):
                 score = result.scores.setdefault(gid, np.zeros(groups.groups[gid].size))
                 score[k] = max(score[k], gamma[c])
+    if not any(s.kind == "bn" and s.weight for s in groups.plan.sources):
+        result.warnings.append("--threshold: the model has no BatchNormalization scales (exporters such as "
+                               "tf2onnx and torch's optimized dynamo export fold them into the convolutions): "
+                               "nothing is removed; give --masks from training (morphonnx.torch / morphonnx.tf)")
     _decide(groups, votes, result)
     return result
 

@@ -20,6 +20,7 @@ def validate_model(model: onnx.ModelProto, base_dir: Path | None, where: object)
     _versions(model, where)
     _external_locations(model, base_dir, where)
     _structure(model.graph, where)
+    _operators(model.graph, where)
     _input_dims(model.graph, where)
 
 
@@ -98,6 +99,15 @@ def _structure(graph: onnx.GraphProto, where: object) -> None:
         return
     node = graph.node[cycle[0][0]]
     raise BadInput(f"{where}: the graph has a cycle through node {node.name or f'#{cycle[0][0]}'} ({node.op_type})")
+
+
+def _operators(graph: onnx.GraphProto, where: object) -> None:
+    """A node of the default domain must be an ONNX operator (converters sometimes leave their own,
+    like tf2onnx's StatefulPartitionedCall); other domains are runtime extensions, pinned later."""
+    for i, node in enumerate(graph.node):
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+            raise BadInput(f"{where}: node {node.name or f'#{i}'} has op type '{node.op_type}', which is no ONNX "
+                           f"operator (left by the converter?); onnxruntime cannot run this file either")
 
 
 def _input_dims(graph: onnx.GraphProto, where: object) -> None:

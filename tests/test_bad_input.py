@@ -561,3 +561,25 @@ def test_api_bad_input(tmp_path, name):
 
 def test_the_corpus_is_large_enough():
     assert len(CLI) + len(API) >= 70
+
+
+def test_an_op_that_is_no_onnx_operator_is_named(tmp_path, capsys):
+    """tf2onnx leaves TensorFlow's StatefulPartitionedCall in the default domain for some convs:
+    the refusal names the node and its op type, not a shape further down."""
+    from morphonnx.cli import main
+    n = Net(size=4)
+    y = n.node("StatefulPartitionedCall", [n.conv("x", 4, 4, name="c")], "tf_call")
+    path = tmp_path / "m.onnx"
+    onnx.save(n.model(n.node("Relu", [y])), path)
+    assert main(["analyze", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'StatefulPartitionedCall', which is no ONNX operator" in err and "tf_call" in err
+
+
+def test_threshold_without_bn_scales_says_so(tmp_path, capsys):
+    from morphonnx.cli import main
+    n = Net(size=4)
+    m = n.model(n.node("Relu", [n.conv("x", 4, 4, name="c")]))
+    onnx.save(m, tmp_path / "m.onnx")
+    assert main(["prune", str(tmp_path / "m.onnx"), "--threshold", "0.5", "-o", str(tmp_path / "p.onnx")]) == 0
+    assert "no BatchNormalization scales" in capsys.readouterr().err
