@@ -22,7 +22,7 @@ pytestmark = pytest.mark.zoo
 
 FOLD_ARITH = "zero-initialized biases dropped or shared by the exporter, or BN after Linear/non-conv not " \
     "folded as the arithmetic assumes"
-SWIN_TABLE = "the dynamo exporter stores each relative_position_bias_table already gathered ([heads, 49, 49] " \
+SWIN_TABLE = "the dynamo exporter stores each relative_position_bias_table already gathered (`index_N`, [2401, heads] " \
     "per block): more values than the table torch counts, and the table itself is not in the file"
 SWIN_MASK = "the shifted-window attention masks are buffers in torch (not parameters) but float constants in " \
     "ONNX, which nothing tells from weights: counted as parameters"
