@@ -236,6 +236,20 @@ class TieContext:
         self.plan.hooks[self.node.name] = fn
 
 
+def count_entry(input_index: int, k: int) -> Callable:
+    """A rewrite hook: entry k of constant input `input_index` (a Reshape shape, a Resize `sizes`)
+    becomes the output's kept channel count; 0 (copy) and -1 (infer) entries stay."""
+    def hook(rw) -> None:
+        out = rw.node.outputs[0]
+        if rw.kept(out) is None or not rw.is_const(input_index):
+            return
+        value = rw.const(input_index).copy()
+        if value[k] > 0:
+            value[k] = rw.kept_count(out) * rw.block(out)
+            rw.set_const(input_index, value)
+    return hook
+
+
 def channel_plan(graph: Graph) -> ChannelPlan:
     """Run every node's channel rule in topological order; pin graph outputs."""
     plan = ChannelPlan(graph)

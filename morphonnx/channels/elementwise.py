@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import TieContext, aligned_axis, register
+from . import TieContext, aligned_axis, count_entry, register
 
 UNARY = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
          "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Neg",
@@ -87,7 +87,7 @@ def spatial(ctx: TieContext) -> None:
         if xs.axis in axes:  # the sizes input names the channel count
             if not ctx.is_constant(ctx.node.input[3]):
                 return ctx.pin(x, f"{ctx.where} has non-constant sizes")
-            ctx.hook(_resize_sizes(axes.index(xs.axis)))
+            ctx.hook(count_entry(3, axes.index(xs.axis)))
     ctx.out_space(out, xs.axis, xs.size, xs.block)
     ctx.tie(x, out)
 
@@ -114,18 +114,6 @@ def _passes_axis(ctx: TieContext, axis: int) -> bool:
         mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
         return (mode.decode() if isinstance(mode, bytes) else mode) != "tf_crop_and_resize"
     return True
-
-
-def _resize_sizes(k: int):
-    """Resize's `sizes` entry of the channel axis becomes the kept channel count."""
-    def hook(rw) -> None:
-        out = rw.node.outputs[0]
-        if rw.kept(out) is None or not rw.is_const(3):
-            return
-        sizes = rw.const(3).copy()
-        sizes[k] = rw.kept_count(out) * rw.block(out)
-        rw.set_const(3, sizes)
-    return hook
 
 
 @register("Shape", "Size", "Constant", "ConstantOfShape")

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from . import Space, TieContext, aligned_axis, register
+from . import Space, TieContext, aligned_axis, count_entry, register
 
 
 @register("Transpose")
@@ -59,19 +59,7 @@ def reshape(ctx: TieContext) -> None:
     ctx.out_space(out, space.axis, space.size, space.block)
     ctx.tie(x, out)
     if ctx.node.op_type == "Reshape":
-        ctx.hook(_shape_constant(space.axis))
-
-
-def _shape_constant(axis: int):
-    def hook(rw) -> None:
-        out = rw.node.outputs[0]
-        if rw.kept(out) is None or not rw.is_const(1):
-            return
-        shape = rw.const(1).copy()
-        if shape[axis] > 0:
-            shape[axis] = rw.kept_count(out) * rw.block(out)
-        rw.set_const(1, shape)
-    return hook
+        ctx.hook(count_entry(1, space.axis))
 
 
 @register("Expand", "Tile")
