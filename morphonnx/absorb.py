@@ -20,8 +20,8 @@ from onnx import helper
 from .graph import Graph
 from .groups import Groups
 from .masks import Masks
-from .oracle import (Oracle, bias_add, expand_channels, oracle_model, own_bn, random_inputs, removed_by_tensor,
-                     session, with_outputs)
+from .oracle import (Oracle, bias_add, expand_channels, oracle_model, own_bn, random_inputs, removed_by_tensor, run,
+                     session)
 from .topology import Morph
 
 BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
@@ -72,7 +72,7 @@ def _contributions(groups: Groups, jobs: list[tuple[str, int, np.ndarray, np.nda
     m = helper.make_model(helper.make_graph(nodes, "fold", inputs,
                                            [helper.make_empty_tensor_value_info(f"y{k}") for k in range(len(jobs))]),
                           opset_imports=list(graph.model.opset_import))
-    return session(m, optimize=False).run(None, feeds)
+    return run(session(m, optimize=False), feeds)
 
 
 # 0 in, 0 out: ops through which silenced (zero) channels stay zero. Add and Sub only when
@@ -169,7 +169,7 @@ def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int]
         return [], {}, None, {}
     tensors = sorted({t for _, _, t in points} | set(m.boundaries))
     oracle = oracle_model(groups, masks)
-    sess = session(with_outputs(oracle.model, tensors), optimize=False)
+    sess = oracle.session(tensors)
     if {t for _, _, t in points} <= independent_when_silenced(groups):
         seeds = seeds[:1]  # one run says it all
     runs = [dict(zip(tensors, oracle.run(sess, random_inputs(graph, s), tensors))) for s in seeds]

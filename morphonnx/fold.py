@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 MAX_FOLDED_ELEMENTS = 1 << 20
 METADATA_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}  # inputs read only for shape or type
@@ -59,6 +58,21 @@ def _static(vi: onnx.ValueInfoProto | None) -> tuple[int, ...] | None:
         return None
     dims = vi.type.tensor_type.shape.dim
     return tuple(d.dim_value for d in dims) if all(d.HasField("dim_value") for d in dims) else None
+
+
+class _ValueInfos(dict):
+    """The graph's value infos by name; an initializer's is made when first asked for."""
+
+    def __init__(self, g: onnx.GraphProto):
+        super().__init__((vi.name, vi) for vi in list(g.value_info) + list(g.input) + list(g.output))
+        self._stored = {t.name: t for t in g.initializer}
+
+    def get(self, name: str, default=None):
+        t = self._stored.get(name)
+        if t is not None:  # an initializer's own dims win over a stale value info
+            self[name] = helper.make_tensor_value_info(name, t.data_type, list(t.dims))
+            del self._stored[name]
+        return super().get(name, default)
 
 
 def is_parameter(t: onnx.TensorProto) -> bool:
@@ -121,8 +135,7 @@ def fold_constants(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto] 
     for n in g.node:
         for t in n.input:
             users[t] = users.get(t, 0) + 1
-    info = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
-    info.update((t.name, helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))) for t in g.initializer)
+    info = _ValueInfos(g)
 
     def params_of(t: str) -> tuple[str, ...]:
         if t in prior_derived:
@@ -248,6 +261,7 @@ def _evaluate(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], h
                            for t, v in feeds.items()],
                           [helper.make_tensor_value_info(o, 0, None) for o in outputs], initializer=initializers),
         opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    from onnx.reference import ReferenceEvaluator  # slow to import; few models need it
     return dict(zip(outputs, (np.asarray(v) for v in ReferenceEvaluator(sub).run(None, feeds))))
 
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import networkx as nx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BadInput
-from .validate import MAX_DIM, check_dim, validate_model
+from .validate import MAX_DIM, check_dim, topological_order, validate_model
 from .fold import Folded, constant_value, constants_to_initializers, fold_constants
 
 Dim = int | str | None  # a static size, a symbolic name, or unknown
@@ -98,10 +97,18 @@ class Graph:
             self.tensors[vi.name] = _tensor_info(vi)
         for name, t in list(self.initializers.items()) + list(self.constants.items()):
             self.tensors[name] = TensorInfo(name, t.data_type, tuple(int(d) for d in t.dims))
-        self.nx = self._build_nx()
+        self._nx = None
         self._order: list[str] | None = None
 
-    def _build_nx(self) -> nx.DiGraph:
+    @property
+    def nx(self) -> "nx.DiGraph":
+        """The networkx view (built on first use: most commands need only `topological_nodes`)."""
+        if self._nx is None:
+            self._nx = self._build_nx()
+        return self._nx
+
+    def _build_nx(self) -> "nx.DiGraph":
+        import networkx as nx
         graph = nx.DiGraph()
         graph.add_nodes_from((name, {"op_type": n.op_type}) for name, n in self.nodes.items())
         edges: dict[tuple[str, str], list[str]] = {}
@@ -160,7 +167,8 @@ class Graph:
     def topological_nodes(self) -> list[str]:
         """Node names in a topological order (computed once; the graph does not change)."""
         if self._order is None:
-            self._order = list(nx.topological_sort(self.nx))
+            names = list(self.nodes)
+            self._order = [names[i] for i in topological_order(list(self.nodes.values()))]
         return list(self._order)
 
     def external_files(self) -> list[Path]:
@@ -430,8 +438,8 @@ def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], 
     shapes as value_info (in place). False when there is nothing to do or the run fails."""
     g = model.graph
     vis = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
-    inputs = [i for i in g.input if i.name not in weights and i.name not in values
-              and i.name not in {t.name for t in g.initializer}]
+    stored = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in weights and i.name not in values and i.name not in stored]
     if not all(_tensor_info(i).is_static for i in inputs):
         return False
     unknown = []
@@ -467,26 +475,21 @@ def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], 
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 4
         sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs() if o.name in set(unknown)]
+        wanted_out = set(unknown)
+        names = [o.name for o in sess.get_outputs() if o.name in wanted_out]
         wanted = {i.name for i in sess.get_inputs()}
         results = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
     except Exception:
         return False
-    known = {vi.name for vi in g.value_info}
+    slots = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
     for name, value in zip(names, results):
         if not isinstance(value, np.ndarray):
             continue
         vi = helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
-        if name in known:
-            for old in g.value_info:
-                if old.name == name:
-                    old.CopyFrom(vi)
-        elif name not in {o.name for o in g.output}:
-            g.value_info.append(vi)
+        if name in slots:
+            slots[name].CopyFrom(vi)
         else:
-            for o in g.output:
-                if o.name == name:
-                    o.CopyFrom(vi)
+            g.value_info.append(vi)
         measured.add(name)
     return bool(names)
 

@@ -8,6 +8,7 @@ which channels of which tensor die, random graph inputs, and onnxruntime session
 from __future__ import annotations
 
 import os
+from typing import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +78,7 @@ class Oracle:
     weights: dict[str, np.ndarray]
     kept: dict[str, np.ndarray] = field(default_factory=dict)
     spaces: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _session: tuple[frozenset, "ort.InferenceSession"] | None = field(default=None, repr=False)
 
     def restrict(self, tensor: str, value: np.ndarray) -> np.ndarray:
         """The oracle's value of `tensor` on the channels the pruned model keeps."""
@@ -85,13 +87,19 @@ class Oracle:
         axis, block = self.spaces[tensor]
         return np.take(value, expand_channels(self.kept[tensor], block), axis=axis)
 
-    def session(self) -> "ort.InferenceSession":
-        """An onnxruntime session of the oracle."""
-        return session(self.model, optimize=False)
+    def session(self, extra: Sequence[str] = ()) -> "ort.InferenceSession":
+        """An onnxruntime session of the oracle whose outputs include `extra` tensors. One session
+        serves every later call asking for no more (creating one costs more than running it)."""
+        names = frozenset(extra) | {o.name for o in self.model.graph.output}
+        if self._session is None or not names <= self._session[0]:
+            names |= self._session[0] if self._session else frozenset()
+            model = with_outputs(self.model, sorted(names)) if extra or self._session else self.model
+            self._session = (names, session(model, optimize=False))
+        return self._session[1]
 
     def run(self, sess: "ort.InferenceSession", feeds: dict[str, np.ndarray], outputs=None) -> list[np.ndarray]:
         """Run with the graph inputs `feeds` (weights added)."""
-        return sess.run(outputs, {**feeds, **self.weights})
+        return run(sess, {**feeds, **self.weights}, outputs)
 
     def to_model(self) -> onnx.ModelProto:
         """A self-contained ModelProto of the oracle."""
@@ -211,6 +219,18 @@ def session(model: onnx.ModelProto | str | os.PathLike, optimize: bool = True) -
     opts.log_severity_level = 3
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def run(sess: "ort.InferenceSession", feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+    """`sess.run` through an IO binding: onnxruntime's `run` checks each input name against a
+    list of the feeds, quadratic in the thousands of weights an oracle is fed."""
+    io = sess.io_binding()
+    for name, value in feeds.items():
+        io.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name in outputs if outputs is not None else [o.name for o in sess.get_outputs()]:
+        io.bind_output(name)
+    sess.run_with_iobinding(io)
+    return io.copy_outputs_to_cpu()
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

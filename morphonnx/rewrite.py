@@ -8,6 +8,7 @@ The result computes what the oracle of the applied masks computes (oracle.py, ve
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,8 +91,8 @@ def _import_with_weights(graph: Graph) -> gs.Graph:
     """The graph as an onnx-graphsurgeon Graph whose detached weights are Constants (no proto copies)."""
     g = gs.import_onnx(graph.model)
     tensors = g.tensors()
-    detached = [n for n in graph.initializers if n in tensors and isinstance(tensors[n], gs.Variable)]
-    g.inputs = [t for t in g.inputs if t.name not in set(detached)]
+    detached = {n for n in graph.initializers if n in tensors and isinstance(tensors[n], gs.Variable)}
+    g.inputs = [t for t in g.inputs if t.name not in detached]
     for n in detached:
         tensors[n].to_constant(graph.array(n))
     return g
@@ -106,6 +107,7 @@ class Rewriter:
         self.rng = np.random.default_rng(0)
         self.gs_graph = _import_with_weights(groups.graph)
         self.nodes = {n.name: n for n in self.gs_graph.nodes}
+        self._weights: dict[str, str] | None = None
 
     def set_const(self, node: gs.Node, i: int, value: np.ndarray) -> None:
         old = node.inputs[i]
@@ -169,10 +171,12 @@ class Rewriter:
     def _last_layer(self, tensor: str) -> str:
         """The weight name of the nearest layer that computes `tensor` (for the report)."""
         graph = self.groups.graph
-        weights = {s.node: s.weight or s.node for s in self.plan.sources if s.kind == "weight"}
-        seen, todo = set(), [tensor]
+        if self._weights is None:
+            self._weights = {s.node: s.weight or s.node for s in self.plan.sources if s.kind == "weight"}
+        weights = self._weights
+        seen, todo = set(), deque([tensor])
         while todo:
-            t = todo.pop(0)
+            t = todo.popleft()
             node = graph.producer.get(t)
             if node is None or node in seen:
                 continue

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import networkx as nx
+import heapq
+from typing import Sequence
+
 import onnx
 from onnx import TensorProto
 
@@ -90,15 +92,41 @@ def _structure(graph: onnx.GraphProto, where: object) -> None:
     for o in graph.output:
         if o.name not in known:
             raise BadInput(f"{where}: graph output '{o.name}' is produced by no node")
-    dag = nx.DiGraph()
-    dag.add_nodes_from(range(len(graph.node)))
-    dag.add_edges_from((index[t], i) for i, node in enumerate(graph.node) for t in node.input if t in index)
-    try:
-        cycle = nx.find_cycle(dag)
-    except nx.NetworkXNoCycle:
+    order = topological_order(graph.node)
+    if len(order) == len(graph.node):
         return
-    node = graph.node[cycle[0][0]]
-    raise BadInput(f"{where}: the graph has a cycle through node {node.name or f'#{cycle[0][0]}'} ({node.op_type})")
+    import networkx as nx  # only to name a node on the cycle
+    left = sorted(set(range(len(graph.node))) - set(order))
+    dag = nx.DiGraph()
+    dag.add_edges_from((index[t], i) for i in left for t in graph.node[i].input if t in index and index[t] in left)
+    k = nx.find_cycle(dag)[0][0]
+    node = graph.node[k]
+    raise BadInput(f"{where}: the graph has a cycle through node {node.name or f'#{k}'} ({node.op_type})")
+
+
+def topological_order(nodes: Sequence[onnx.NodeProto]) -> list[int]:
+    """Indices of `nodes` in a topological order, file order where the file allows (ONNX
+    files are sorted, so usually just 0..n-1); nodes on or behind a cycle are left out."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    preds = [{producer[t] for t in n.input if t in producer} for n in nodes]
+    if all(p < i for i, ps in enumerate(preds) for p in ps):
+        return list(range(len(nodes)))
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, ps in enumerate(preds):
+        for p in ps:
+            users[p].append(i)
+    waiting = [len(ps) for ps in preds]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    return order
 
 
 def _operators(graph: onnx.GraphProto, where: object) -> None:

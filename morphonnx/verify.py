@@ -97,7 +97,7 @@ def check(graph: Graph, oracle: Oracle, pruned: onnx.ModelProto | str | os.PathL
                             f"intermediate tensors compared too")
         names = _intermediates(graph, oracle, model)
         if names:
-            a = session(with_outputs(oracle.model, names), optimize=False)
+            a = oracle.session(names)
             b = session(with_outputs(_loaded(model, file), names))
             expected = [oracle.run(a, f, names) for f in feeds]
             got = [b.run(names, f) for f in feeds]
