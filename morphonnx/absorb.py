@@ -75,6 +75,53 @@ def _contributions(groups: Groups, jobs: list[tuple[str, int, np.ndarray, np.nda
     return run(session(m, optimize=False), feeds)
 
 
+def _uniform(y: np.ndarray, axis: int) -> bool:
+    """True if `y` is the same vector along `axis` at every position."""
+    if all(y.strides[i] == 0 or y.shape[i] == 1 for i in range(y.ndim) if i != axis):
+        return True  # a broadcast view
+    flat = np.moveaxis(y, axis, -1).reshape(-1, y.shape[axis])
+    return bool(np.allclose(flat, flat[:1], rtol=1e-6, atol=1e-7 * max(1e-30, float(np.max(np.abs(y))))))
+
+
+def _uniform_conv(groups: Groups, node_name: str, index: int, x: np.ndarray, pos: np.ndarray) -> np.ndarray | None:
+    """What `_contributions` computes, without a run, for the common case: a 2-D Conv (one
+    group, explicit pads, constant weight) whose removed input channels each hold one value
+    over the whole image (a BN shift through a ReLU). Only the kernel taps that fall in the
+    zero padding make the result vary, and they factor per axis:
+    y[o, i, j] = sum_kl (sum_c v_c W[o, c, k, l]) * inside_h(i, k) * inside_w(j, l).
+    None where this does not apply."""
+    graph = groups.graph
+    node = graph.nodes[node_name]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type != "Conv" or index != 0 or x.ndim != 4 or x.shape[0] != 1 or attrs.get("group", 1) != 1 \
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or not graph.is_constant(node.input[1]):
+        return None
+    v = x[0, pos]
+    if v.size == 0 or not np.all(v == v[:, :1, :1]):
+        return None
+    w = graph.array(node.input[1])
+    if w.ndim != 4 or w.shape[1] != x.shape[1]:
+        return None
+    full = np.zeros(w.shape[1], dtype=w.dtype)
+    full[pos] = v[:, 0, 0]
+    o, c, kh, kw = w.shape
+    kernel = np.matmul(full, w.reshape(o, c, kh * kw)).reshape(o, kh, kw).astype(np.float64)  # batched gemv, no copy
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    strides, dilations = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    inside = []
+    for ax in range(2):
+        size, k = x.shape[2 + ax], w.shape[2 + ax]
+        out = (size + pads[ax] + pads[ax + 2] - dilations[ax] * (k - 1) - 1) // strides[ax] + 1
+        at = np.arange(out)[:, None] * strides[ax] - pads[ax] + np.arange(k)[None, :] * dilations[ax]
+        inside.append(((at >= 0) & (at < size)).astype(np.float64))
+    if all(m.all() for m in inside):  # no tap falls in the padding: the same vector everywhere
+        return np.broadcast_to(kernel.sum(axis=(1, 2)).astype(x.dtype)[None, :, None, None],
+                               (1, o, inside[0].shape[0], inside[1].shape[0]))
+    taps = (inside[0].T[:, None, :, None] * inside[1].T[None, :, None, :]).reshape(kh * kw, -1)  # [(k,l), (i,j)]
+    y = (kernel.reshape(o, kh * kw) @ taps).reshape(o, inside[0].shape[0], inside[1].shape[0])  # one GEMM
+    return y[None].astype(x.dtype)
+
+
 # 0 in, 0 out: ops through which silenced (zero) channels stay zero. Add and Sub only when
 # every operand is a tied channel tensor (a constant or a broadcast operand adds something).
 ZERO_PRESERVING = {"Clip", "Relu", "LeakyRelu", "PRelu", "HardSwish", "Gelu", "Tanh", "Mish", "Neg", "Abs", "Erf", "Elu",
@@ -155,20 +202,21 @@ def _clip_keeps_zero(graph: Graph, node: onnx.NodeProto) -> bool:
         (b <= 0).all() if i == 0 else (b >= 0).all() for i, b in enumerate(bounds))
 
 
-def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int] = (101, 202)
+def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int] = (101, 202),
+                  removed: dict[str, np.ndarray] | None = None
                   ) -> tuple[list[Fold], dict[int, set[int]], Oracle | None, dict[str, np.ndarray]]:
     """Folds for every live consumer of removed channels that may not be zero, group channels
     that must be revived because their silenced value depends on the input (group id → group
     channels), the oracle if it had to be built, and the values of the static boundaries."""
     graph, plan = groups.graph, groups.plan
-    removed = removed_by_tensor(groups, masks)
+    removed = removed_by_tensor(groups, masks) if removed is None else removed
     zero = zero_when_silenced(groups, masks)
     points = [(n, i, t) for n, i, t in plan.consumers
               if t in removed and t not in zero and n not in m.static_nodes]
     if not points and not m.boundaries:
         return [], {}, None, {}
     tensors = sorted({t for _, _, t in points} | set(m.boundaries))
-    oracle = oracle_model(groups, masks)
+    oracle = oracle_model(groups, masks, removed)
     sess = oracle.session(tensors)
     if {t for _, _, t in points} <= independent_when_silenced(groups):
         seeds = seeds[:1]  # one run says it all
@@ -204,10 +252,11 @@ def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int]
         index[space.axis] = pos
         only_dead[tuple(index)] = a
         jobs += [(node_name, i, only_dead, pos) for node_name, i in at[t]]
-    for (node_name, *_), y in zip(jobs, _contributions(groups, jobs) if jobs else []):
+    direct = [_uniform_conv(groups, *job) for job in jobs]
+    rest = [job for job, y in zip(jobs, direct) if y is None]
+    ran = iter(_contributions(groups, rest) if rest else [])
+    for (node_name, *_), y in zip(jobs, [y if y is not None else next(ran) for y in direct]):
         out = graph.nodes[node_name].output[0]
         oaxis = plan.spaces[out].axis if out in plan.spaces else 1
-        flat = np.moveaxis(y, oaxis, -1).reshape(-1, y.shape[oaxis])
-        uniform = bool(np.allclose(flat, flat[:1], rtol=1e-6, atol=1e-7 * max(1e-30, float(np.max(np.abs(y))))))
-        folds.append(Fold(node_name, out, y, uniform))
+        folds.append(Fold(node_name, out, y, _uniform(y, oaxis)))
     return folds, revive, oracle, values

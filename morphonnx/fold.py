@@ -255,6 +255,9 @@ def _evaluate(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], h
         elif t in inits:
             initializers.append(inits[t])
     outputs = [o for n in nodes for o in n.output if o]
+    quick = _numpy_run(nodes, {**feeds, **{t.name: numpy_helper.to_array(t) for t in initializers}})
+    if quick is not None:
+        return {o: quick[o] for o in outputs}
     sub = helper.make_model(
         helper.make_graph(nodes, "fold",
                           [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
@@ -263,6 +266,47 @@ def _evaluate(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], h
         opset_imports=list(model.opset_import), ir_version=model.ir_version)
     from onnx.reference import ReferenceEvaluator  # slow to import; few models need it
     return dict(zip(outputs, (np.asarray(v) for v in ReferenceEvaluator(sub).run(None, feeds))))
+
+
+def _numpy_shape_op(op: str, x: list, a: dict) -> np.ndarray | None:
+    """The few ops exporters leave on constants (broadcast BN stats, shape arithmetic), in numpy."""
+    if op == "Identity":
+        return x[0]
+    if op == "Cast":
+        to = helper.tensor_dtype_to_np_dtype(a["to"])
+        return x[0].astype(to) if to.kind in "fiub" and (x[0].dtype.kind in "iub" or to.kind == "f") else None
+    if op == "Expand":
+        return np.array(np.broadcast_to(x[0], np.broadcast_shapes(x[0].shape, tuple(int(d) for d in x[1]))))
+    if op == "Reshape":
+        shape = [x[0].shape[i] if d == 0 and not a.get("allowzero", 0) else int(d) for i, d in enumerate(x[1])]
+        return x[0].reshape(shape)
+    if op == "Concat":
+        return np.concatenate(x, axis=a["axis"])
+    if op in ("Unsqueeze", "Squeeze"):
+        axes = [int(v) for v in (x[1] if len(x) > 1 else a.get("axes", []))]
+        if op == "Squeeze":
+            return np.squeeze(x[0], axis=tuple(axes) if axes else None)
+        return np.expand_dims(x[0], tuple(axes))
+    return None
+
+
+def _numpy_run(nodes: list[onnx.NodeProto], values: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Values of the nodes' outputs if every node is a Constant or one of `_numpy_shape_op`'s ops,
+    else None (the reference evaluator runs them: importing it costs more than most folds)."""
+    values = dict(values)
+    for n in nodes:
+        if n.op_type == "Constant":
+            t = constant_value(n)
+            y = None if t is None else numpy_helper.to_array(t)
+        elif n.domain not in ("", "ai.onnx") or len(n.output) != 1 or not all(t in values for t in n.input if t):
+            return None
+        else:
+            a = {k.name: helper.get_attribute_value(k) for k in n.attribute}
+            y = _numpy_shape_op(n.op_type, [values[t] for t in n.input if t], a)
+        if y is None:
+            return None
+        values[n.output[0]] = np.asarray(y)
+    return values
 
 
 def _without_metadata(node: onnx.NodeProto, info: dict) -> onnx.NodeProto | None:

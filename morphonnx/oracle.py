@@ -113,8 +113,8 @@ class Oracle:
         return m
 
 
-def oracle_model(groups: Groups, masks: Masks) -> Oracle:
-    """Build the oracle of these masks."""
+def oracle_model(groups: Groups, masks: Masks, removed: dict[str, np.ndarray] | None = None) -> Oracle:
+    """Build the oracle of these masks (`removed`: their `removed_by_tensor`, if already known)."""
     graph, plan = groups.graph, groups.plan
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
@@ -124,7 +124,7 @@ def oracle_model(groups: Groups, masks: Masks) -> Oracle:
     inputs = [i for i in model.graph.input if i.name not in unused]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
-    removed = removed_by_tensor(groups, masks)
+    removed = removed_by_tensor(groups, masks) if removed is None else removed
     values: dict[tuple[str, int], np.ndarray] = {}
     for s in plan.sources:
         dead = removed.get(s.tensor)

@@ -207,6 +207,8 @@ class Rewriter:
         out_space = self.plan.spaces.get(fold.tensor)
         axis = out_space.axis if out_space else 1
         value = fold.value
+        if fold.uniform:  # one vector: keep a single position
+            value = value[tuple(slice(None) if i == axis else slice(0, 1) for i in range(value.ndim))]
         if fold.tensor in self.kept:
             value = np.take(value, self.kept[fold.tensor], axis=axis)
         bias = BIAS_INPUT.get(node.op)
@@ -231,10 +233,6 @@ class Rewriter:
         out = node.outputs[0]
         pre = gs.Variable(f"{out.name}.before_fold", dtype=out.dtype)
         node.outputs[0] = pre
-        if fold.uniform:
-            shape = [1] * value.ndim
-            shape[axis] = value.shape[axis]
-            value = np.moveaxis(value, axis, -1).reshape(-1, value.shape[axis])[0].reshape(shape)
         const = gs.Constant(f"{node.name}{FOLDED_MAP}", np.ascontiguousarray(value, dtype=dtype))
         self.gs_graph.nodes.append(gs.Node("Add", f"{node.name}.fold", inputs=[pre, const], outputs=[out]))
         return "bias vector" if fold.uniform else "bias map"
@@ -296,7 +294,7 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
         if m.blocked:
             notes += revive_blocked(groups, masks, m)
             continue
-        folds, revive, oracle, values = compute_folds(groups, masks, m)
+        folds, revive, oracle, values = compute_folds(groups, masks, m, removed=removed)
         if not revive:
             break
         for gid, chans in revive.items():
