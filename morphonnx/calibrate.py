@@ -46,13 +46,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_time(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], repeat: int = 10,
+def run_time(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.ndarray], repeat: int = 10,
              warmup: int = 2, best: bool = False) -> float:
     """Median (or, with `best`, the shortest) seconds of one onnxruntime run (all optimizations,
     default threads)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    src = model if isinstance(model, str) else model.SerializeToString()
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     for _ in range(warmup):
         sess.run(None, feeds)
