@@ -33,17 +33,23 @@ def removed_by_tensor(groups: Groups, masks: Masks) -> dict[str, np.ndarray]:
     """Tensor → its removed channel indices (only tensors that lose channels)."""
     out: dict[str, list[int]] = {}
     for g in groups.groups:
-        dead = masks.removed(g.id)
+        dead = masks.removed(g.id).tolist()
+        if not dead:
+            continue
         for t, chans in g.members.items():
-            for k in dead.tolist():
-                out.setdefault(t, []).extend(chans[k])
-    return {t: np.array(sorted(v), dtype=np.int64) for t, v in out.items() if v}
+            out.setdefault(t, []).extend(c for k in dead for c in chans[k])
+    return {t: np.unique(np.array(v, dtype=np.int64)) for t, v in out.items() if v}
 
 
 def kept_by_tensor(groups: Groups, removed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Tensor → its kept channel indices, for tensors that lose channels."""
     spaces = groups.plan.spaces
-    return {t: np.setdiff1d(np.arange(spaces[t].size), r) for t, r in removed.items()}
+    out = {}
+    for t, r in removed.items():
+        keep = np.ones(spaces[t].size, dtype=bool)
+        keep[r] = False
+        out[t] = np.flatnonzero(keep)
+    return out
 
 
 def own_bn(graph: Graph, tensor: str) -> str | None:

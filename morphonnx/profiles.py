@@ -6,8 +6,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .costs import OpCost
 from .errors import BadInput
 
@@ -92,6 +90,7 @@ class Profile:
         if self.channel_block:
             doc["channel_block"] = self.channel_block
         doc["sources"] = dict(self.sources)
+        import yaml  # only where profiles are read or written (10 ms at start-up otherwise)
         return yaml.safe_dump(doc, sort_keys=False, width=120)
 
 
@@ -124,6 +123,7 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
         if text not in known:
             raise BadInput(f"unknown profile '{text}'; known: {', '.join(sorted(known))}")
         path = known[text]
+    import yaml
     try:
         data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:

@@ -132,8 +132,13 @@ def topological_order(nodes: Sequence[onnx.NodeProto]) -> list[int]:
 def _operators(graph: onnx.GraphProto, where: object) -> None:
     """A node of the default domain must be an ONNX operator (converters sometimes leave their own,
     like tf2onnx's StatefulPartitionedCall); other domains are runtime extensions, pinned later."""
+    known: set[str] = set()
     for i, node in enumerate(graph.node):
-        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+        if node.domain not in ("", "ai.onnx") or node.op_type in known:
+            continue
+        if onnx.defs.has(node.op_type):
+            known.add(node.op_type)
+        else:
             raise BadInput(f"{where}: node {node.name or f'#{i}'} has op type '{node.op_type}', which is no ONNX "
                            f"operator (left by the converter?); onnxruntime cannot run this file either")
 
