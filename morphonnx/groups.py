@@ -26,6 +26,19 @@ class Group:
     params_per_channel: float = 0.0
     latency_per_channel: dict[str, float] = field(default_factory=dict)  # profile key → seconds
 
+    def channels_of(self, tensor: str, ks: np.ndarray) -> np.ndarray:
+        """The tensor's channels in group channels `ks` (one flat array, cached per tensor)."""
+        cache = self.__dict__.setdefault("_flat", {})
+        if tensor not in cache:
+            chans = self.members[tensor]
+            single = all(len(c) == 1 for c in chans)
+            cache[tensor] = np.array([c[0] for c in chans], dtype=np.int64) if single else None
+        flat = cache[tensor]
+        if flat is not None:
+            return flat[ks]
+        chans = self.members[tensor]
+        return np.array([c for k in ks.tolist() for c in chans[k]], dtype=np.int64)
+
     def to_dict(self) -> dict:
         """The JSON form (see `morphonnx groups --json`)."""
         flat = lambda chans: [c[0] if len(c) == 1 else c for c in chans]

@@ -31,14 +31,14 @@ def expand_channels(channels: np.ndarray, block: int) -> np.ndarray:
 
 def removed_by_tensor(groups: Groups, masks: Masks) -> dict[str, np.ndarray]:
     """Tensor → its removed channel indices (only tensors that lose channels)."""
-    out: dict[str, list[int]] = {}
+    out: dict[str, list[np.ndarray]] = {}
     for g in groups.groups:
-        dead = masks.removed(g.id).tolist()
-        if not dead:
+        dead = masks.removed(g.id)
+        if not dead.size:
             continue
-        for t, chans in g.members.items():
-            out.setdefault(t, []).extend(c for k in dead for c in chans[k])
-    return {t: np.unique(np.array(v, dtype=np.int64)) for t, v in out.items() if v}
+        for t in g.members:
+            out.setdefault(t, []).append(g.channels_of(t, dead))
+    return {t: np.unique(np.concatenate(v)) for t, v in out.items() if sum(len(a) for a in v)}
 
 
 def kept_by_tensor(groups: Groups, removed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
