@@ -34,6 +34,9 @@ class Fold:
     tensor: str
     value: np.ndarray  # the consumer's output-shaped contribution (batch 1), all output channels
     uniform: bool
+    # for a LayerNormalization over channels instead: the sum and the sum of squares of the
+    # removed channels' values per position (they enter its statistics)
+    stats: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _contributions(groups: Groups, jobs: list[tuple[str, int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
@@ -148,7 +151,7 @@ def zero_when_silenced(groups: Groups, masks: Masks) -> set[str]:
         outs = [o for o in node.output if o in plan.spaces]
         if not outs:
             continue
-        if outs[0] in sourced:
+        if outs[0] in sourced or node.op_type == "LayerNormalization":  # a stream norm outputs 0 there
             zero.update(outs)
             continue
         if node.op_type not in ZERO_PRESERVING or node.op_type == "Clip" and not _clip_keeps_zero(graph, node) \
@@ -245,6 +248,12 @@ def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int]
             continue
         if not np.any(a):
             continue
+        for node_name, i in at[t]:
+            if graph.nodes[node_name].op_type == "LayerNormalization":
+                v = a.astype(np.float64)
+                stats = (v.sum(axis=space.axis, keepdims=True), (v * v).sum(axis=space.axis, keepdims=True))
+                folds.append(Fold(node_name, t, a, False, stats))
+        at[t] = [(n, i) for n, i in at[t] if graph.nodes[n].op_type != "LayerNormalization"]
         only_dead = np.zeros_like(runs[0][t])
         index = [slice(None)] * only_dead.ndim
         index[space.axis] = pos

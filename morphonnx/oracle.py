@@ -157,6 +157,13 @@ def oracle_model(groups: Groups, masks: Masks, removed: dict[str, np.ndarray] | 
             bias = np.zeros(plan.spaces[s.tensor].size, dtype=graph.info(s.tensor).dtype or np.float32)
             bias[dead] = shift[dead]
             values[(s.node, 2)] = bias  # the silenced channel outputs its shift: give the op a bias
+    for sl in plan.silenced:  # a stream norm's scale and bias: 0 at removed channels
+        dead = removed.get(sl.tensor)
+        if dead is not None:
+            key = (sl.node, sl.input)
+            if key not in values:
+                values[key] = graph.array(graph.nodes[sl.node].input[sl.input]).copy()
+            np.moveaxis(values[key], sl.axis, 0)[dead] = 0
     nodes = {n.name: n for n in model.graph.node}
     for (node_name, i), value in values.items():
         node = nodes[node_name]

@@ -94,6 +94,8 @@ class ChannelPlan:
     # grouped (not depthwise) Conv node → (input, output, group): input block j feeds output block j.
     grouped_convs: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     no_rule: dict[str, list[str]] = field(default_factory=dict)  # op_type → node names
+    # constants the oracle zeroes at removed channels (a LayerNorm's scale and bias over a stream)
+    silenced: list[Slicing] = field(default_factory=list)
     # set by finalize():
     rep: dict[str, str] = field(default_factory=dict)
     base: dict[str, int] = field(default_factory=dict)
@@ -214,6 +216,12 @@ class TieContext:
         """This node creates the channels of `tensor` (a folded re-layout is named by its parameter)."""
         weight = self.graph.origins.get(weight, weight) if weight else weight
         self.plan.sources.append(Source(self.node.name, self.node.op_type, tensor, kind, weight))
+
+    def silence(self, input_index: int, axis: int, tensor: str) -> None:
+        """Constant input `input_index` is cut along `tensor`'s channels and, in the oracle, zeroed
+        at the removed ones (so that the op outputs exactly 0 there whatever its input)."""
+        self.slice(input_index, axis, tensor)
+        self.plan.silenced.append(Slicing(input_index, axis, tensor, node=self.node.name))
 
     def consume(self, input_index: int) -> None:
         """This node reduces the channels of input `input_index` away (folding point)."""
