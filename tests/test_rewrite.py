@@ -337,3 +337,60 @@ def test_fold_into_a_gemm_whose_bias_is_not_a_constant(bias):
     result = prune(gr, masks_from_sources(gr, {"a.bn": [1, 0, 1, 1, 0, 1, 1, 1]}))
     fc = next(x for x in result.model.graph.node if x.name == "fc")
     assert len(fc.input) <= 3 and check(g, result.oracle, result.model).ok
+
+
+def stream_net(pos_const: bool) -> onnx.ModelProto:
+    """A transformer-like residual stream of 16 channels over 4 tokens: an embedding (MatMul +
+    bias, and a position embedding when `pos_const`), two LayerNorm-MLP-residual blocks, a final
+    LayerNorm and a head. The stream's channels are tied through every LayerNorm."""
+    from onnx import helper
+
+    from conftest import init, model, tensor
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["e0"], name="embed"),
+             helper.make_node("Add", ["e0", "b0"], ["e1"], name="embed.bias")]
+    inits = [init("w0", (8, 16), 1), init("b0", (16,), 2)]
+    s = "e1"
+    if pos_const:
+        nodes.append(helper.make_node("Add", ["e1", "pos"], ["e2"], name="pos"))
+        inits.append(init("pos", (1, 4, 16), 3))
+        s = "e2"
+    for k in range(2):
+        p = f"blk{k}"
+        nodes += [helper.make_node("LayerNormalization", [s, f"{p}.g", f"{p}.b"], [f"{p}.n"], name=f"{p}.ln", axis=-1),
+                  helper.make_node("MatMul", [f"{p}.n", f"{p}.w1"], [f"{p}.h"], name=f"{p}.fc1"),
+                  helper.make_node("Relu", [f"{p}.h"], [f"{p}.r"], name=f"{p}.act"),
+                  helper.make_node("MatMul", [f"{p}.r", f"{p}.w2"], [f"{p}.o"], name=f"{p}.fc2"),
+                  helper.make_node("Add", [f"{p}.o", f"{p}.b2"], [f"{p}.ob"], name=f"{p}.fc2.bias"),
+                  helper.make_node("Add", [s, f"{p}.ob"], [f"{p}.s"], name=f"{p}.residual")]
+        inits += [init(f"{p}.g", (16,), 10 + k), init(f"{p}.b", (16,), 20 + k), init(f"{p}.w1", (16, 24), 30 + k),
+                  init(f"{p}.w2", (24, 16), 40 + k), init(f"{p}.b2", (16,), 50 + k)]
+        s = f"{p}.s"
+    nodes += [helper.make_node("LayerNormalization", [s, "ln.g", "ln.b"], ["n"], name="final.ln", axis=-1),
+              helper.make_node("MatMul", ["n", "head"], ["y"], name="head")]
+    inits += [init("ln.g", (16,), 60), init("ln.b", (16,), 61), init("head", (16, 5), 62)]
+    return model(nodes, [tensor("x", [1, 4, 8])], [tensor("y", [1, 4, 5])], inits)
+
+
+@pytest.mark.parametrize("pos_const", [False, True])
+def test_layer_norm_stream_prunes_exactly(pos_const, tmp_path):
+    """Removed stream channels: the pruned LayerNorms normalize the kept channels with the original
+    count (and, with a position embedding, the removed channels' constant values), on the file."""
+    g = morphonnx.load(stream_net(pos_const))
+    gr = find_groups(g)
+    stream = next(grp for grp in gr.groups if grp.size == 16)
+    assert stream.pinned is None
+    masks = masks_from_sources(gr, {"embed": [1, 0] * 8})
+    result = prune(gr, masks)
+    path = tmp_path / "pruned.onnx"
+    with Outputs([]) as out:
+        out.model(path, result.model)
+        out.commit()
+    c = check(g, result.oracle, path)
+    assert c.ok and c.relative < 1e-5, c.describe()
+    w = {t.name: list(t.dims) for t in onnx.load(str(path)).graph.initializer}
+    assert w["w0"] == [8, 8] and w["head"] == [8, 5] and w["ln.g"] == [8]
+    written = onnx.load(str(path))
+    assert not any(n.op_type == "LayerNormalization" for n in written.graph.node)
+    sums = [t.name for t in written.graph.initializer if t.name.endswith(".removed_sum")]
+    assert len(sums) == (3 if pos_const else 0)  # the position embedding's removed values enter each norm
+    random_prune_ok(stream_net(pos_const))
