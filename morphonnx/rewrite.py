@@ -108,7 +108,8 @@ class Rewriter:
         self.gs_graph = _import_with_weights(groups.graph)
         self.nodes = {n.name: n for n in self.gs_graph.nodes}
         self._weights: dict[str, str] | None = None
-        self.norm_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # LayerNorm → removed channels' sums
+        # LayerNorm → its removed channels' sums (None when growing: norms stay plain)
+        self.norm_stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = {}
 
     def set_const(self, node: gs.Node, i: int, value: np.ndarray) -> None:
         old = node.inputs[i]

@@ -76,3 +76,19 @@ def test_grown_models_run_and_cost_what_was_predicted(zoo, name):
     y = session(model).run(None, random_inputs(g, 0))[0]
     assert y.shape == (1, 1000) and np.isfinite(y).all()
     assert morphonnx.cost_model(morphonnx.load(model)).total("macs") == e.cost
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.5])
+def test_grown_layer_norm_streams_stay_plain_norms(factor):
+    """Growing (or narrowing) a stream gives a new model: its LayerNorms normalize over the new width."""
+    from test_rewrite import stream_net
+    g = morphonnx.load(stream_net(True))
+    gr = morphonnx.find_groups(g)
+    widths = np.array([grp.size if grp.pinned else max(1, int(grp.size * factor)) for grp in gr.groups])
+    model = grow(gr, widths)
+    onnx.checker.check_model(model, full_check=True)
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    sizes = {t.name: list(t.dims) for t in model.graph.initializer}
+    assert len(norms) == 3 and sizes["ln.g"] == [int(16 * factor)]
+    y = session(model).run(None, random_inputs(g, 0))[0]
+    assert y.shape == (1, 4, 5) and np.isfinite(y).all()

@@ -104,7 +104,7 @@ def layer_norm_hook(rw) -> None:
     node = rw.node
     x, y = node.inputs[0], node.outputs[0]
     kept = rw.kept(x)
-    if kept is None or np.any(kept < 0):  # nothing removed, or a grown model: a plain LayerNorm
+    if kept is None or rw.rw.norm_stats is None:  # nothing removed, or a grown model: a plain LayerNorm
         return
     c, r = rw.size(x), rw.size(x) - len(kept)
     dtype = np.asarray(node.inputs[1].values).dtype
