@@ -310,3 +310,22 @@ def test_concat_along_another_axis_pins_the_channels_of_its_inputs():
     gr = groups_of(m)
     assert group_of(gr, "c.relu").pinned
     _prune_ok(m, {"c.bn": [1, 0, 0], "b.bn": [0, 1, 1]})
+
+
+@pytest.mark.parametrize("shape", [[8], [1, 8, 1, 1]])
+def test_gather_of_a_channel_permutation_ties_and_renumbers(shape):
+    """A Gather of every channel in a fixed order (a shuffle, torch's as_strided) ties output
+    channel j to input channel idx[j]; the pruned Gather reads the kept channels in that order."""
+    n = Net()
+    x = n.cbr("x", 4, 8, name="pre")
+    order = np.array([3, 0, 6, 1, 7, 2, 5, 4])
+    if len(shape) == 1:
+        y = n.node("Gather", [x, n.const(order, dtype=np.int64)], "shuffle", axis=1)
+    else:  # over the flattened channels of a [1, C, 1, 1] mean, as torch's as_strided exports
+        m = n.node("GlobalAveragePool", [x], "mean")
+        flat = n.node("Reshape", [m, n.const([-1], dtype=np.int64)], "flat")
+        y = n.node("Gather", [flat, n.const(order.reshape(shape), dtype=np.int64)], "shuffle", axis=0)
+    m = n.model(classifier(n, n.cbr(y, 8, 4, name="post"), 4))
+    gr = random_prune_ok(m)
+    assert group_of(gr, "pre.relu").pinned is None
+    assert group_of(gr, "shuffle", 0) is group_of(gr, "pre.relu", 3)

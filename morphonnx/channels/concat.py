@@ -130,9 +130,40 @@ def gather(ctx: TieContext) -> None:
         return
     axis = _axis(ctx, len(xshape))
     if axis == xs.axis:
-        return ctx.pin(x, f"{ctx.where} gathers along channels")
+        return _channel_permutation(ctx, x, idx, out, xs, axis, ishape)
     new_axis = xs.axis if xs.axis < axis else xs.axis - 1 + len(ishape)
     ctx.out_space(out, new_axis, xs.size, xs.block)
     ctx.tie(x, out)
 
 
+
+
+def _channel_permutation(ctx: TieContext, x: str, idx: str, out: str, xs, axis: int, ishape) -> None:
+    """A Gather of every channel in a fixed order (torch's `as_strided` over channels, a channel
+    shuffle): output channel j is input channel idx[j], so the two are tied as a permutation;
+    the rewrite renumbers the indices over the kept channels. Anything else pins."""
+    value = ctx.value(idx)
+    wide = [d for d, n in enumerate(ishape) if n != 1]
+    if value is None or xs.block != 1 or len(wide) > 1 or value.size != xs.size:
+        return ctx.pin(x, f"{ctx.where} gathers along channels")
+    order = value.ravel().astype(np.int64) % xs.size
+    if not np.array_equal(np.sort(order), np.arange(xs.size)):
+        return ctx.pin(x, f"{ctx.where} gathers channels in a pattern that is no permutation")
+    ctx.out_space(out, axis + (wide[0] if wide else 0), xs.size)
+    ctx.tie(x, out, order, np.arange(xs.size))
+    ctx.hook(_renumber(order))
+
+
+def _renumber(order: np.ndarray):
+    def hook(rw) -> None:
+        kept_in, kept_out = rw.kept(rw.node.inputs[0]), rw.kept(rw.node.outputs[0])
+        if kept_in is None or not rw.is_const(1):
+            return
+        if np.any(kept_in < 0):  # grown: new channels keep their place
+            return rw.set_const(1, np.arange(len(kept_in)).reshape(
+                [len(kept_in) if n != 1 else 1 for n in rw.const(1).shape]).astype(rw.const(1).dtype))
+        rank = {int(c): r for r, c in enumerate(kept_in.tolist())}
+        new = np.array([rank[int(order[j])] for j in kept_out.tolist()], dtype=rw.const(1).dtype)
+        shape = [len(new) if n != 1 else 1 for n in rw.const(1).shape]
+        rw.set_const(1, new.reshape(shape))
+    return hook
