@@ -178,14 +178,32 @@ def test_ops_over_channels_pin(op, attrs, reason):
     assert reason in (group_of(gr, "pre.relu").pinned or "")
 
 
-def test_channel_shuffle_reshape_pins():
+def shuffle_net(perm=(0, 2, 1, 3, 4)):
     n = Net()
     x = n.cbr("x", 4, 8, name="pre")
     r = n.node("Reshape", [x, n.const([1, 2, 4, 8, 8], dtype=np.int64)], "split_groups")
-    t = n.node("Transpose", [r], perm=[0, 2, 1, 3, 4])
+    t = n.node("Transpose", [r], perm=list(perm))
     back = n.node("Reshape", [t, n.const([1, 8, 8, 8], dtype=np.int64)], "merge")
-    m = n.model(classifier(n, n.cbr(back, 8, 4, name="post"), 4))
-    gr = random_prune_ok(m, seeds=(0,))
+    return n.model(classifier(n, n.cbr(back, 8, 4, name="post"), 4))
+
+
+def test_channel_shuffle_is_a_permutation():
+    """Reshape-Transpose-Reshape (ShuffleNet): output channel i*g + k is input channel k*C/g + i;
+    the pruned model gathers the kept channels in that order."""
+    from morphonnx.rewrite import prune
+    gr = random_prune_ok(shuffle_net())
+    assert group_of(gr, "pre.relu").pinned is None
+    assert group_of(gr, "merge", 1) is group_of(gr, "pre.relu", 4)
+    result = prune(gr, legalize(gr, all_alive(gr)))
+    assert [n.op_type for n in result.model.graph.node].count("Transpose") == 1  # nothing removed: unchanged
+    masks = all_alive(gr)
+    masks.keep[group_of(gr, "pre.relu").id][[1, 6]] = False
+    ops = [n.op_type for n in prune(gr, legalize(gr, masks)).model.graph.node]
+    assert "Gather" in ops and "Transpose" not in ops
+
+
+def test_other_reshape_transpose_reshape_pins():
+    gr = random_prune_ok(shuffle_net(perm=(0, 1, 2, 4, 3)), seeds=(0,))
     assert "splits channels" in group_of(gr, "pre.relu").pinned
 
 

@@ -54,12 +54,69 @@ def reshape(ctx: TieContext) -> None:
     if xs is None:
         return
     space = map_space(xs, xshape, oshape) if oshape is not None else None
+    if space is None and ctx.node.op_type == "Reshape" and _channel_shuffle(ctx, x, xs, xshape, oshape):
+        return
     if space is None:
         return ctx.pin(x, f"{ctx.where} splits channels or merges them with earlier axes")
     ctx.out_space(out, space.axis, space.size, space.block)
     ctx.tie(x, out)
     if ctx.node.op_type == "Reshape":
         ctx.hook(count_entry(1, space.axis))
+
+
+def _only_user(ctx: TieContext, tensor: str, op_types: tuple[str, ...]):
+    """The single consumer of `tensor` if it has one of these op types and `tensor` is no graph output."""
+    users = ctx.graph.consumers.get(tensor, [])
+    node = ctx.graph.nodes[users[0]] if len(users) == 1 else None
+    return node if node is not None and node.op_type in op_types and tensor not in ctx.graph.outputs else None
+
+
+def _channel_shuffle(ctx: TieContext, x: str, xs: Space, xshape, oshape) -> bool:
+    """ShuffleNet's channel shuffle, Reshape [.., g, C/g, ..] - Transpose of those two axes -
+    Reshape back: a fixed permutation of the channels (output channel i*g + k is input channel
+    k*C/g + i). Tied as such; the rewrite replaces the three ops by a Gather of the kept
+    channels in shuffled order. False (nothing declared) for anything else."""
+    a, c = xs.axis, xs.size
+    if xs.block != 1 or oshape is None or len(oshape) != len(xshape) + 1 \
+            or tuple(oshape[:a]) + tuple(oshape[a + 2:]) != tuple(xshape[:a]) + tuple(xshape[a + 1:]) \
+            or oshape[a] * oshape[a + 1] != c:
+        return False
+    t = _only_user(ctx, ctx.output(0), ("Transpose",))
+    swap = list(range(len(oshape)))
+    swap[a], swap[a + 1] = a + 1, a
+    if t is None or [int(p) for p in next((att.ints for att in t.attribute if att.name == "perm"), [])] != swap:
+        return False
+    back = _only_user(ctx, t.output[0], ("Reshape", "Flatten", "Identity"))
+    while back is not None and back.op_type == "Identity":  # torch's .contiguous() / clone
+        back = _only_user(ctx, back.output[0], ("Reshape", "Flatten", "Identity"))
+    if back is None or ctx.shape(back.output[0]) != tuple(xshape):
+        return False
+    g = oshape[a]
+    order = np.arange(c).reshape(g, c // g).T.ravel()
+    ctx.out_space(back.output[0], a, c)
+    ctx.tie(x, back.output[0], order, np.arange(c))
+    ctx.hook(_as_gather(order, a, back.name))
+    return True
+
+
+def _as_gather(order: np.ndarray, axis: int, last: str):
+    def hook(rw) -> None:
+        import onnx_graphsurgeon as gs
+        x = rw.node.inputs[0]
+        end = rw.rw.nodes[last]
+        out = end.outputs[0]
+        kept_in, kept_out = rw.kept(x), rw.kept(out)
+        if kept_in is None:
+            return
+        if np.any(kept_in < 0):  # grown: the new channels in place
+            idx = np.arange(len(kept_in))
+        else:
+            rank = {int(c): r for r, c in enumerate(kept_in.tolist())}
+            idx = np.array([rank[int(order[j])] for j in kept_out.tolist()])
+        end.outputs = []
+        rw.rw.gs_graph.nodes.append(gs.Node("Gather", f"{rw.node.name}.shuffle", {"axis": axis},
+                                            [x, gs.Constant(f"{rw.node.name}.order", idx.astype(np.int64))], [out]))
+    return hook
 
 
 @register("Expand", "Tile")
