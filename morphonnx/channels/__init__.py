@@ -8,6 +8,8 @@ A rule is called once per node, in topological order, with a `TieContext`. It de
 - sources: the node's weights or BN scales create the channels of a tensor (`source`);
 - consumers: the node reduces a tensor's channels away (a Conv or Gemm input side), the
   place where removed channels' constant outputs are folded (`consume`);
+- silenced constants: cut like slicings and zeroed at removed channels in the oracle (a
+  stream LayerNorm's scale and bias, `silence`);
 - pins, with a reason: channels that must never be removed (`pin`).
 An op with no rule pins every channel it touches and is reported by type.
 
