@@ -34,9 +34,9 @@ class Fold:
     tensor: str
     value: np.ndarray  # the consumer's output-shaped contribution (batch 1), all output channels
     uniform: bool
-    # for a LayerNormalization over channels instead: the sum and the sum of squares of the
-    # removed channels' values per position (they enter its statistics)
-    stats: tuple[np.ndarray, np.ndarray] | None = None
+    # for a LayerNormalization over channels instead: the removed channels' values at its input
+    # (input-independent; they enter its statistics)
+    removed_values: np.ndarray | None = None
 
 
 def _contributions(groups: Groups, jobs: list[tuple[str, int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
@@ -250,9 +250,7 @@ def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int]
             continue
         for node_name, i in at[t]:
             if graph.nodes[node_name].op_type == "LayerNormalization":
-                v = a.astype(np.float64)
-                stats = (v.sum(axis=space.axis, keepdims=True), (v * v).sum(axis=space.axis, keepdims=True))
-                folds.append(Fold(node_name, t, a, False, stats))
+                folds.append(Fold(node_name, t, a, False, a))
         at[t] = [(n, i) for n, i in at[t] if graph.nodes[n].op_type != "LayerNormalization"]
         only_dead = np.zeros_like(runs[0][t])
         index = [slice(None)] * only_dead.ndim

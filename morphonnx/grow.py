@@ -21,7 +21,7 @@ def grow(groups: Groups, widths: np.ndarray) -> onnx.ModelProto:
     order = {g.id: widened(g.size, int(widths[g.id])) for g in groups.groups}
     kept = {t: idx for t in groups.plan.spaces for idx in [tensor_order(groups, t, order)] if idx is not None}
     rw = Rewriter(groups, kept, Morph())
-    rw.norm_stats = None  # a new model, not a pruned one: its norms normalize over their new width
+    rw.norm_values = None  # a new model, not a pruned one: its norms normalize over their new width
     rw.slice_constants()
     rw.run_hooks()
     return rw.export(groups.graph.model)

@@ -108,8 +108,8 @@ class Rewriter:
         self.gs_graph = _import_with_weights(groups.graph)
         self.nodes = {n.name: n for n in self.gs_graph.nodes}
         self._weights: dict[str, str] | None = None
-        # LayerNorm → its removed channels' sums (None when growing: norms stay plain)
-        self.norm_stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = {}
+        # LayerNorm → its removed channels' values (None when growing: norms stay plain)
+        self.norm_values: dict[str, np.ndarray] | None = {}
 
     def set_const(self, node: gs.Node, i: int, value: np.ndarray) -> None:
         old = node.inputs[i]
@@ -305,8 +305,8 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
     else:
         raise RuntimeError("the masks did not settle after several rounds of keeping what cannot be removed")
     rw = Rewriter(groups, kept_by_tensor(groups, removed), m)
-    rw.norm_stats = {f.node: f.stats for f in folds if f.stats is not None}
-    folds = [f for f in folds if f.stats is None]
+    rw.norm_values = {f.node: f.removed_values for f in folds if f.removed_values is not None}
+    folds = [f for f in folds if f.removed_values is None]
     rw.slice_constants()
     rw.run_hooks()
     rw.drop_dead_inputs()

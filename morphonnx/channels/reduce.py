@@ -95,48 +95,41 @@ def _stream_norm(ctx: TieContext, x: str, out: str, xs) -> None:
 
 
 def layer_norm_hook(rw) -> None:
-    """The pruned LayerNormalization over C' of C channels, exactly as the original over C
-    with the removed channels holding the input-independent values v (0 when silenced):
-        mean = (sum_kept x + S1) / C
-        var  = (sum_kept (x - mean)^2 + S2 - 2 mean S1 + (C - C') mean^2) / C
-    with S1 = sum v and S2 = sum v^2 per position (`rw.rw.norm_stats`), in standard ONNX ops."""
+    """The pruned LayerNormalization over C' of C channels, exactly as the original over C: the
+    removed channels' values at its input (input-independent: 0 when silenced, a position
+    embedding or class token otherwise; `rw.rw.norm_values`) are appended back as constants,
+    so the norm's statistics see the same C values; scale and bias are 0 there, and the kept
+    C' channels are sliced out: Concat - LayerNormalization (its own fused kernel) - Slice."""
     import onnx_graphsurgeon as gs
     node = rw.node
     x, y = node.inputs[0], node.outputs[0]
     kept = rw.kept(x)
-    if kept is None or rw.rw.norm_stats is None:  # nothing removed, or a grown model: a plain LayerNorm
+    if kept is None or rw.rw.norm_values is None:  # nothing removed, or a grown model: a plain LayerNorm
         return
-    c, r = rw.size(x), rw.size(x) - len(kept)
+    c, r, name = rw.size(x), rw.size(x) - len(kept), node.name
     dtype = np.asarray(node.inputs[1].values).dtype
-    s1, s2 = rw.rw.norm_stats.get(node.name, (None, None))
-    eps = float(node.attrs.get("epsilon", 1e-5))
-    name = node.name
-    nodes, k = [], [0]
+    rank = len(x.shape) if x.shape is not None else len(rw.rw.groups.graph.static_shape(x.name, "LayerNorm input"))
+    values = rw.rw.norm_values.get(name)
+    values = np.zeros([1] * (rank - 1) + [r], dtype=dtype) if values is None else np.asarray(values, dtype=dtype)
 
-    def op(op_type: str, *inputs, **attrs):
-        k[0] += 1
-        out = gs.Variable(f"{name}.exact{k[0]}", dtype=x.dtype)
-        nodes.append(gs.Node(op_type, f"{name}.exact{k[0]}", attrs, list(inputs), [out]))
+    def var(label: str, dt=None) -> gs.Variable:
+        return gs.Variable(f"{name}.{label}", dtype=dt if dt is not None else x.dtype)
+
+    def add(op: str, inputs, out: gs.Variable, **attrs) -> gs.Variable:
+        rw.rw.gs_graph.nodes.append(gs.Node(op, f"{out.name}.op", attrs, list(inputs), [out]))
         return out
 
-    def const(value, label: str):
-        return gs.Constant(f"{name}.{label}", np.asarray(value, dtype=dtype))
-
-    axes = gs.Constant(f"{name}.axes", np.array([-1], dtype=np.int64))
-    total = op("ReduceSum", x, axes, keepdims=1)
-    if s1 is not None:
-        total = op("Add", total, const(s1, "removed_sum"))
-    mean = op("Mul", total, const(1.0 / c, "inv_count"))
-    d = op("Sub", x, mean)
-    sq = op("ReduceSum", op("Mul", d, d), axes, keepdims=1)
-    extra = op("Mul", op("Mul", mean, mean), const(r, "removed_count"))
-    if s1 is not None:  # S2 - 2 mean S1
-        extra = op("Add", extra, op("Sub", const(s2, "removed_sum_sq"), op("Mul", mean, const(2 * s1, "removed_sum2"))))
-    var = op("Mul", op("Add", sq, extra), const(1.0 / c, "inv_count2"))
-    normed = op("Div", d, op("Sqrt", op("Add", var, const(eps, "epsilon"))))
-    scaled = op("Mul", normed, node.inputs[1])
-    result = op("Add", scaled, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else scaled
-    nodes[-1].outputs = [y]
-    node.outputs = []
-    node.inputs = []
-    rw.rw.gs_graph.nodes.extend(nodes)
+    lead = add("Shape", [x], var("lead", np.int64), end=-1)
+    shape = add("Concat", [lead, gs.Constant(f"{name}.removed_count", np.array([r], dtype=np.int64))],
+                var("removed_shape", np.int64), axis=0)
+    removed = add("Expand", [gs.Constant(f"{name}.removed_values", values), shape], var("removed"))
+    full = add("Concat", [x, removed], var("all_channels"), axis=-1)
+    pad = lambda t, label: gs.Constant(f"{name}.{label}", np.concatenate(
+        [np.asarray(t.values, dtype=dtype), np.zeros(r, dtype=dtype)]))
+    normed = var("normalized")
+    node.inputs = [full, pad(node.inputs[1], "scale_all")] + (
+        [pad(node.inputs[2], "bias_all")] if len(node.inputs) > 2 and node.inputs[2].name else [])
+    node.outputs = [normed]
+    add("Slice", [normed, gs.Constant(f"{name}.start", np.array([0], dtype=np.int64)),
+                  gs.Constant(f"{name}.stop", np.array([c - r], dtype=np.int64)),
+                  gs.Constant(f"{name}.axis", np.array([-1], dtype=np.int64))], y)
