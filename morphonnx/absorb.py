@@ -34,9 +34,9 @@ class Fold:
     tensor: str
     value: np.ndarray  # the consumer's output-shaped contribution (batch 1), all output channels
     uniform: bool
-    # for a LayerNormalization over channels instead: the removed channels' values at its input
-    # (input-independent; they enter its statistics)
-    removed_values: np.ndarray | None = None
+    # a raw consumer (a norm over the channels): `value` is the removed channels' values at its
+    # input, which its statistics read, and `tensor` that input
+    raw: bool = False
 
 
 def _contributions(groups: Groups, jobs: list[tuple[str, int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
@@ -146,12 +146,13 @@ def zero_when_silenced(groups: Groups, masks: Masks) -> set[str]:
                and not np.any(masks.silenced.get(s.node, 0))}
     sourced |= {graph.nodes[b[0]].output[0] for s in plan.sources if s.op_type == "MatMul"
                 for b in [bias_add(groups, s.tensor)] if b is not None}
+    silencing = {sl.node for sl in plan.silenced}  # their per-channel constants are 0 there: output 0
     for name in graph.topological_nodes():
         node = graph.nodes[name]
         outs = [o for o in node.output if o in plan.spaces]
         if not outs:
             continue
-        if outs[0] in sourced or node.op_type == "LayerNormalization":  # a stream norm outputs 0 there
+        if outs[0] in sourced or name in silencing:
             zero.update(outs)
             continue
         if node.op_type not in ZERO_PRESERVING or node.op_type == "Clip" and not _clip_keeps_zero(graph, node) \
@@ -237,8 +238,10 @@ def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int]
         dead = removed[t]
         pos = expand_channels(dead, space.block)
         a, *b = (np.take(r[t], pos, axis=space.axis) for r in runs)
-        varies = np.abs(a - b[0]) > 1e-6 * max(1e-30, float(np.max(np.abs(runs[0][t])))) + 1e-7 * np.abs(a) \
-            if b else np.zeros(1, dtype=bool)
+        varies = np.zeros(1, dtype=bool)
+        if b:  # two runs: removed values that differ depend on the input
+            scale = max(1e-30, float(np.max(np.abs(runs[0][t]))))
+            varies = np.abs(a - b[0]) > 1e-6 * scale + 1e-7 * np.abs(a)
         if varies.any():
             axes = tuple(i for i in range(a.ndim) if i != space.axis)
             bad = np.unique(np.flatnonzero(varies.any(axis=axes)) // space.block)
@@ -248,10 +251,8 @@ def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int]
             continue
         if not np.any(a):
             continue
-        for node_name, i in at[t]:
-            if graph.nodes[node_name].op_type == "LayerNormalization":
-                folds.append(Fold(node_name, t, a, False, a))
-        at[t] = [(n, i) for n, i in at[t] if graph.nodes[n].op_type != "LayerNormalization"]
+        folds += [Fold(n, t, a, False, raw=True) for n, _ in at[t] if n in plan.raw_consumers]
+        at[t] = [(n, i) for n, i in at[t] if n not in plan.raw_consumers]
         only_dead = np.zeros_like(runs[0][t])
         index = [slice(None)] * only_dead.ndim
         index[space.axis] = pos

@@ -25,15 +25,16 @@ class Group:
     macs_per_channel: float = 0.0
     params_per_channel: float = 0.0
     latency_per_channel: dict[str, float] = field(default_factory=dict)  # profile key → seconds
+    # tensor → its channel per group channel as one array (None when some group channel holds several)
+    _flat: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False, compare=False)
 
     def channels_of(self, tensor: str, ks: np.ndarray) -> np.ndarray:
-        """The tensor's channels in group channels `ks` (one flat array, cached per tensor)."""
-        cache = self.__dict__.setdefault("_flat", {})
-        if tensor not in cache:
+        """The tensor's channels in group channels `ks`."""
+        if tensor not in self._flat:
             chans = self.members[tensor]
             single = all(len(c) == 1 for c in chans)
-            cache[tensor] = np.array([c[0] for c in chans], dtype=np.int64) if single else None
-        flat = cache[tensor]
+            self._flat[tensor] = np.array([c[0] for c in chans], dtype=np.int64) if single else None
+        flat = self._flat[tensor]
         if flat is not None:
             return flat[ks]
         chans = self.members[tensor]

@@ -8,8 +8,8 @@ which channels of which tensor die, random graph inputs, and onnxruntime session
 from __future__ import annotations
 
 import os
-from typing import Sequence
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import onnx

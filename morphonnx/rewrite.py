@@ -305,8 +305,8 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
     else:
         raise RuntimeError("the masks did not settle after several rounds of keeping what cannot be removed")
     rw = Rewriter(groups, kept_by_tensor(groups, removed), m)
-    rw.norm_values = {f.node: f.removed_values for f in folds if f.removed_values is not None}
-    folds = [f for f in folds if f.removed_values is None]
+    rw.norm_values = {f.node: f.value for f in folds if f.raw}
+    folds = [f for f in folds if not f.raw]
     rw.slice_constants()
     rw.run_hooks()
     rw.drop_dead_inputs()

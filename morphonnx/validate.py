@@ -2,10 +2,9 @@
 tool cannot handle, each as one line naming the node, tensor or field."""
 from __future__ import annotations
 
+import heapq
 import os
 from pathlib import Path
-
-import heapq
 from typing import Sequence
 
 import onnx

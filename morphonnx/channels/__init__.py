@@ -90,6 +90,7 @@ class ChannelPlan:
     sources: list[Source] = field(default_factory=list)
     slicings: dict[str, list[Slicing]] = field(default_factory=dict)
     consumers: list[tuple[str, int, str]] = field(default_factory=list)  # (node, input index, tensor)
+    raw_consumers: set[str] = field(default_factory=set)  # consumers that read removed values as they are
     hooks: dict[str, Callable] = field(default_factory=dict)  # node → rewrite hook for attributes
     # (tensor, number of equal blocks): the groups of a grouped conv must keep equal counts.
     block_constraints: list[tuple[str, int]] = field(default_factory=list)
@@ -225,11 +226,15 @@ class TieContext:
         self.slice(input_index, axis, tensor)
         self.plan.silenced.append(Slicing(input_index, axis, tensor, node=self.node.name))
 
-    def consume(self, input_index: int) -> None:
-        """This node reduces the channels of input `input_index` away (folding point)."""
+    def consume(self, input_index: int, raw: bool = False) -> None:
+        """This node reduces the channels of input `input_index` away (folding point). `raw`: it
+        needs the removed channels' values themselves (a norm's statistics), not their
+        contribution through the op, which is what gets folded otherwise."""
         tensor = self.input(input_index)
         if tensor in self.plan.spaces:
             self.plan.consumers.append((self.node.name, input_index, tensor))
+            if raw:
+                self.plan.raw_consumers.add(self.node.name)
 
     def pin(self, tensor: str | None, reason: str, channels: Sequence[int] | None = None) -> None:
         """Never remove these channels of `tensor` (all by default)."""
@@ -258,6 +263,16 @@ def count_entry(input_index: int, k: int) -> Callable:
             value[k] = rw.kept_count(out) * rw.block(out)
             rw.set_const(input_index, value)
     return hook
+
+
+def kept_in_order(order: np.ndarray, kept_in: np.ndarray, kept_out: np.ndarray) -> np.ndarray:
+    """For an op whose output channel j is input channel order[j]: the positions, among the
+    kept input channels, of the kept output channels' sources (a grown model's new channels,
+    -1 in `kept_in`, stay where they are)."""
+    if np.any(kept_in < 0):
+        return np.arange(len(kept_in))
+    rank = {int(c): r for r, c in enumerate(kept_in.tolist())}
+    return np.array([rank[int(order[j])] for j in kept_out.tolist()], dtype=np.int64)
 
 
 def channel_plan(graph: Graph) -> ChannelPlan:

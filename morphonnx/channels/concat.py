@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import TieContext, register
+from . import TieContext, kept_in_order, register
 
 
 def _axis(ctx: TieContext, rank: int, default: int = 0) -> int:
@@ -136,8 +136,6 @@ def gather(ctx: TieContext) -> None:
     ctx.tie(x, out)
 
 
-
-
 def _channel_permutation(ctx: TieContext, x: str, idx: str, out: str, xs, axis: int, ishape) -> None:
     """A Gather of every channel in a fixed order (torch's `as_strided` over channels, a channel
     shuffle): output channel j is input channel idx[j], so the two are tied as a permutation;
@@ -159,11 +157,6 @@ def _renumber(order: np.ndarray):
         kept_in, kept_out = rw.kept(rw.node.inputs[0]), rw.kept(rw.node.outputs[0])
         if kept_in is None or not rw.is_const(1):
             return
-        if np.any(kept_in < 0):  # grown: new channels keep their place
-            return rw.set_const(1, np.arange(len(kept_in)).reshape(
-                [len(kept_in) if n != 1 else 1 for n in rw.const(1).shape]).astype(rw.const(1).dtype))
-        rank = {int(c): r for r, c in enumerate(kept_in.tolist())}
-        new = np.array([rank[int(order[j])] for j in kept_out.tolist()], dtype=rw.const(1).dtype)
-        shape = [len(new) if n != 1 else 1 for n in rw.const(1).shape]
-        rw.set_const(1, new.reshape(shape))
+        new = kept_in_order(order, kept_in, kept_out)
+        rw.set_const(1, new.reshape([len(new) if n != 1 else 1 for n in rw.const(1).shape]))
     return hook

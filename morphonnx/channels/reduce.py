@@ -90,7 +90,7 @@ def _stream_norm(ctx: TieContext, x: str, out: str, xs) -> None:
             ctx.silence(i, 0, out)
         elif ctx.input(i):
             return ctx.pin(x, f"{ctx.where} has a scale or bias that is not a constant vector")
-    ctx.consume(0)  # the removed channels' values at the input enter the statistics
+    ctx.consume(0, raw=True)  # the removed channels' values at the input enter the statistics
     ctx.hook(layer_norm_hook)
 
 
@@ -124,8 +124,9 @@ def layer_norm_hook(rw) -> None:
                 var("removed_shape", np.int64), axis=0)
     removed = add("Expand", [gs.Constant(f"{name}.removed_values", values), shape], var("removed"))
     full = add("Concat", [x, removed], var("all_channels"), axis=-1)
-    pad = lambda t, label: gs.Constant(f"{name}.{label}", np.concatenate(
-        [np.asarray(t.values, dtype=dtype), np.zeros(r, dtype=dtype)]))
+    def pad(t: gs.Constant, label: str) -> gs.Constant:  # 0 at the appended channels
+        return gs.Constant(f"{name}.{label}", np.concatenate([np.asarray(t.values, dtype=dtype), np.zeros(r, dtype)]))
+
     normed = var("normalized")
     node.inputs = [full, pad(node.inputs[1], "scale_all")] + (
         [pad(node.inputs[2], "bias_all")] if len(node.inputs) > 2 and node.inputs[2].name else [])

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from . import Space, TieContext, aligned_axis, count_entry, register
+from . import Space, TieContext, aligned_axis, count_entry, kept_in_order, register
 
 
 @register("Transpose")
@@ -108,14 +108,9 @@ def _as_gather(order: np.ndarray, axis: int, last: str):
         kept_in, kept_out = rw.kept(x), rw.kept(out)
         if kept_in is None:
             return
-        if np.any(kept_in < 0):  # grown: the new channels in place
-            idx = np.arange(len(kept_in))
-        else:
-            rank = {int(c): r for r, c in enumerate(kept_in.tolist())}
-            idx = np.array([rank[int(order[j])] for j in kept_out.tolist()])
+        idx = gs.Constant(f"{rw.node.name}.order", kept_in_order(order, kept_in, kept_out))
         end.outputs = []
-        rw.rw.gs_graph.nodes.append(gs.Node("Gather", f"{rw.node.name}.shuffle", {"axis": axis},
-                                            [x, gs.Constant(f"{rw.node.name}.order", idx.astype(np.int64))], [out]))
+        rw.rw.gs_graph.nodes.append(gs.Node("Gather", f"{rw.node.name}.shuffle", {"axis": axis}, [x, idx], [out]))
     return hook
 
 
