@@ -114,8 +114,10 @@ class Rewriter:
     def set_const(self, node: gs.Node, i: int, value: np.ndarray) -> None:
         old = node.inputs[i]
         value = np.ascontiguousarray(value, dtype=np.asarray(old.values).dtype)
-        if sum(1 for user in old.outputs if user is not node) > 0:
-            node.inputs[i] = gs.Constant(f"{old.name}.{node.name}", value)
+        # shared with another node, or read at another input of this one (an exporter that reuses
+        # a BN's scale as its running variance): the change goes to a private copy
+        if any(user is not node for user in old.outputs) or sum(t is old for t in node.inputs) > 1:
+            node.inputs[i] = gs.Constant(f"{old.name}.{node.name}.{i}", value)
         else:
             old.values = value
 

@@ -396,3 +396,15 @@ def test_layer_norm_stream_prunes_exactly(pos_const, tmp_path):
     assert len(removed) == 3  # each norm sees the removed channels' values again: the position embedding's
     assert any(np.any(v) for v in removed) == pos_const
     random_prune_ok(stream_net(pos_const))
+
+
+def test_bn_reading_one_initializer_at_two_inputs_is_cut_once():
+    """A dynamo export (timm's EfficientFormerV2 head) that reuses a BN's scale as its running
+    variance and its bias as its running mean: each input is cut once, on its own copy."""
+    n = Net(channels=4, size=6)
+    c = n.conv("x", 4, 8, k=3, bias=False, name="a")
+    rng = np.random.default_rng(0)
+    s, b = n.const(rng.uniform(0.5, 1.5, 8), "bn.weight"), n.const(rng.uniform(0.1, 0.5, 8), "bn.bias")
+    y = n.node("Relu", [n.node("BatchNormalization", [c, s, b, b, s], "a.bn")])
+    p = n.node("Flatten", [n.node("GlobalAveragePool", [n.cbr(y, 8, 8, k=3, name="post")])], axis=1)
+    random_prune_ok(n.model(n.node("Gemm", [p, n.param((3, 8), "fc.weight")], "fc", transB=1)))
