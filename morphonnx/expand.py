@@ -49,11 +49,16 @@ def parse_budget(spec: str, original_cost: float) -> float:
 
 
 def group_steps(groups: Groups, multiple: int = 1) -> np.ndarray:
-    """Per group, the step its width must be a multiple of (grouped convs need equal groups)."""
+    """Per group, the step its width must be a multiple of (grouped convs and attention heads need
+    equal blocks)."""
     step = np.full(len(groups.groups), max(1, multiple), dtype=np.int64)
     for tensor, n in groups.plan.block_constraints:
         for gid in set(groups.element_group[groups.plan.ids(tensor), 0].tolist()):
             step[gid] = math.lcm(int(step[gid]), int(n))
+    for tensor, blocks in groups.plan.equal_blocks:  # attention heads keep equal head_dims
+        gids = groups.element_group[groups.plan.ids(tensor, blocks.ravel()), 0].reshape(blocks.shape)
+        for gid in set(gids.ravel().tolist()):
+            step[gid] = math.lcm(int(step[gid]), int(np.any(gids == gid, axis=1).sum()))
     return step
 
 

@@ -59,8 +59,8 @@ def all_alive(groups: Groups) -> Masks:
 
 def random_masks(groups: Groups, seed: int, share: float | tuple[float, float] = (0.1, 0.9)) -> Masks:
     """Random masks (not legalized): every unpinned group keeps each channel with probability
-    `share` (or one drawn per group from the range), and at least one channel. For trying a
-    rewrite, benchmarks and tests."""
+    `share` (or one drawn per group from the range), and at least one channel; the heads of an
+    attention keep the same head_dim channels. For trying a rewrite, benchmarks and tests."""
     rng = np.random.default_rng(seed)
     masks = all_alive(groups)
     for g in groups.groups:
@@ -69,6 +69,12 @@ def random_masks(groups: Groups, seed: int, share: float | tuple[float, float] =
             keep = draws < (rng.uniform(*share) if isinstance(share, tuple) else share)
             keep[rng.integers(g.size)] = True
             masks.keep[g.id] = keep
+    for tensor, blocks in groups.plan.equal_blocks:  # every head as the first: legal, and it cuts
+        eg = groups.element_group[groups.plan.ids(tensor, blocks.ravel())].reshape(*blocks.shape, 2)
+        first = np.array([masks.keep[gid][k] for gid, k in eg[0].tolist()])
+        for row in eg[1:]:
+            for (gid, k), alive in zip(row.tolist(), first.tolist()):
+                masks.keep[gid][k] = alive
     return masks
 
 
@@ -260,6 +266,7 @@ def legalize(groups: Groups, masks: Masks, multiple: int = 1, conv_groups: str =
     state = _Flat(groups, masks)
     plan = groups.plan
     convs = {node: tuple(state.of_element[b] for b in plan.conv_blocks(node)) for node in plan.grouped_convs}
+    heads = [(t, state.of_element[plan.ids(t, ch.ravel())].reshape(ch.shape)) for t, ch in plan.equal_blocks]
     dead = {node: _dead_conv_groups(state, ins, outs, conv_groups, multiple)
             for node, (ins, outs) in convs.items()}
     for node, (ins, outs) in convs.items():
@@ -275,7 +282,9 @@ def legalize(groups: Groups, masks: Masks, multiple: int = 1, conv_groups: str =
         for node, blocks in convs.items():
             live = [j for j in range(len(blocks[0])) if j not in dead[node]]
             for side in blocks:
-                changed |= _equalize(state, side[live], node)
+                changed |= _equalize(state, side[live], ("equal conv groups", node))
+        for tensor, blocks in heads:
+            changed |= _equalize(state, blocks, ("equal attention heads", tensor), minimum=1)
         for node, (ins, outs) in convs.items():
             for j in sorted(dead[node]):
                 if state.alive[ins[j]].any() or state.alive[outs[j]].any():  # revived through a tie
@@ -354,17 +363,17 @@ def _dead_conv_groups(state: _Flat, ins: np.ndarray, outs: np.ndarray, mode: str
     return dead | (set(range(n_groups)) - best)
 
 
-def _equalize(state: _Flat, blocks: np.ndarray, conv: str) -> bool:
-    """Revive channels until these blocks keep equal counts; True if any was revived."""
+def _equalize(state: _Flat, blocks: np.ndarray, cause: tuple[str, str], minimum: int = 0) -> bool:
+    """Revive channels until these blocks keep equal counts (at least `minimum`); True if any was revived."""
     if not len(blocks):
         return False
     counts = state.alive[blocks].sum(axis=1)
-    target, changed = counts.max(), False
+    target, changed = max(int(counts.max()), minimum), False
     for block, n in zip(blocks, counts):
         for i in state.order(block).tolist():
             if n >= target:
                 break
-            changed |= state.set(np.array([i]), True, ("equal conv groups", conv))
+            changed |= state.set(np.array([i]), True, cause)
             n = state.alive[block].sum()
     return changed
 

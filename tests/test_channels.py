@@ -202,9 +202,16 @@ def test_channel_shuffle_is_a_permutation():
     assert "Gather" in ops and "Transpose" not in ops
 
 
-def test_other_reshape_transpose_reshape_pins():
-    gr = random_prune_ok(shuffle_net(perm=(0, 1, 2, 4, 3)), seeds=(0,))
-    assert "splits channels" in group_of(gr, "pre.relu").pinned
+def test_split_channels_merged_back_after_a_spatial_transpose_stay_prunable():
+    """[1, 2, 4, 8, 8] with H and W swapped, then merged back: the channels are untouched."""
+    gr = random_prune_ok(shuffle_net(perm=(0, 1, 2, 4, 3)))
+    assert group_of(gr, "pre.relu").pinned is None
+    assert group_of(gr, "merge", 1) is group_of(gr, "pre.relu", 1)
+
+
+def test_split_channels_mixed_with_a_spatial_axis_pin():
+    gr = random_prune_ok(shuffle_net(perm=(0, 1, 3, 2, 4)), seeds=(0,))
+    assert "merges heads with another axis" in group_of(gr, "pre.relu").pinned
 
 
 def test_unknown_op_pins_and_is_reported():

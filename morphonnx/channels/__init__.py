@@ -99,6 +99,10 @@ class ChannelPlan:
     no_rule: dict[str, list[str]] = field(default_factory=dict)  # op_type → node names
     # constants the oracle zeroes at removed channels (a LayerNorm's scale and bias over a stream)
     silenced: list[Slicing] = field(default_factory=list)
+    # tensors whose channels are split across axes (attention heads, channels/heads.py)
+    layouts: dict[str, object] = field(default_factory=dict)
+    # (tensor, channels [blocks, per block]): blocks that must keep equal counts, at least one each
+    equal_blocks: list[tuple[str, np.ndarray]] = field(default_factory=list)
     # set by finalize():
     rep: dict[str, str] = field(default_factory=dict)
     base: dict[str, int] = field(default_factory=dict)
@@ -285,13 +289,17 @@ def channel_plan(graph: Graph) -> ChannelPlan:
         if rule is None:
             plan.no_rule.setdefault(node.op_type, []).append(name)
             ctx.pin_all(f"no channel rule for {node.op_type}")
-            continue
-        rule(ctx)
+        else:
+            rule(ctx)
+        if plan.layouts and any(t in plan.layouts for t in node.input):
+            heads.propagate(ctx)
     for name, node in graph.nodes.items():  # subgraphs (If, Loop, Scan) read outer tensors by name
         for t in sorted(outer_reads(node)):
             TieContext(plan, node).pin(t, f"read inside a subgraph of {node.op_type} '{name}'")
     for out in graph.outputs:
         TieContext(plan, onnx.NodeProto()).pin(out, "graph output")
+        if out in plan.layouts:
+            TieContext(plan, onnx.NodeProto()).pin(plan.layouts[out].origin, "graph output (split into heads)")
     plan.finalize()
     return plan
 
@@ -318,3 +326,4 @@ def aligned_axis(out_rank: int, in_rank: int, out_axis: int) -> int:
 
 for _family in _FAMILIES:
     importlib.import_module(f"{__name__}.{_family}")
+from . import heads  # noqa: E402  (layouts are followed after each node's rule)

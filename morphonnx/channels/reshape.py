@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from . import Space, TieContext, aligned_axis, count_entry, kept_in_order, register
+from . import Space, TieContext, aligned_axis, count_entry, heads, kept_in_order, register
 
 
 @register("Transpose")
@@ -55,6 +55,8 @@ def reshape(ctx: TieContext) -> None:
         return
     space = map_space(xs, xshape, oshape) if oshape is not None else None
     if space is None and ctx.node.op_type == "Reshape" and _channel_shuffle(ctx, x, xs, xshape, oshape):
+        return
+    if space is None and heads.split(ctx, x, xs, xshape, oshape):
         return
     if space is None:
         return ctx.pin(x, f"{ctx.where} splits channels or merges them with earlier axes")

@@ -1,0 +1,349 @@
+"""Channels split across axes: attention heads.
+
+A Reshape that splits a channel axis into trailing factors ([.., 3*H*d] into [.., 3, H, d] for
+a fused q/k/v projection, [.., H*d] into [.., H, d] for one) gives its output a `Layout`: the
+tensor holds the channels of its origin indexed by several axes, one per factor of the channel
+number (most significant first), some factors fixed by a select (q is digit 0 of the 3). The
+layout is followed through transposes, selects (Gather, Slice, Split of a factor other than the
+last), reshapes that move or merge axes, elementwise ops with operands that do not vary along
+its axes, and the products of attention:
+
+- q·kᵀ contracts the last factor (head_dim) of q with that of k: channel (h, i) of q lives or
+  dies with channel (h, i) of k, and the scores carry no channels (a removed pair adds 0, or a
+  constant that the softmax cancels);
+- attn·v keeps v's layout, and the Reshape that merges heads back gives the output a plain
+  channel space again, tied to v's channels (the output projection consumes it).
+
+Only the last factor (head_dim) is cut: every head keeps as many channels as the others (the
+split's blocks are `equal_blocks`, legalized in masks.py, at least one each) and the reshapes on
+the way get the new head_dim (`Layout.ref`, `blocks`). Anything else that reads a layout pins
+its origin's channels, with the reason.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from . import Space, TieContext
+from .elementwise import BINARY, UNARY
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One digit of the origin's channel number: `size` values, of which the tensor holds
+    `count` from `start` along `axis` (axis None: the one digit `start`)."""
+
+    size: int
+    axis: int | None
+    start: int = 0
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The channels of `origin` (a tensor with a plain channel space) spread over axes.
+
+    The last factor is the one the rewrite narrows: it keeps `kept(ref) / blocks` digits."""
+
+    origin: str
+    factors: tuple[Factor, ...]
+    ref: str
+    blocks: int
+
+    def grid(self) -> tuple[list[int], np.ndarray]:
+        """The axes that hold factors (ascending) and the origin channel at every position of them."""
+        strides = np.cumprod([1] + [f.size for f in reversed(self.factors)])[:-1][::-1]
+        axes = sorted(f.axis for f in self.factors if f.axis is not None)
+        base = sum(int(s) * f.start for f, s in zip(self.factors, strides) if f.axis is None)
+        chans = np.full([1] * len(axes), base, dtype=np.int64)
+        for f, s in zip(self.factors, strides):
+            if f.axis is not None:
+                shape = [1] * len(axes)
+                shape[axes.index(f.axis)] = f.count
+                chans = chans + ((f.start + np.arange(f.count)) * int(s)).reshape(shape)
+        return axes, chans
+
+    def factor_at(self, axis: int) -> int | None:
+        """Index of the factor on `axis`, None if none."""
+        return next((i for i, f in enumerate(self.factors) if f.axis == axis), None)
+
+    def moved(self, axis_map: dict[int, int | None]) -> "Layout":
+        """The layout with factor axes renumbered (an axis mapped to None is fixed at its start)."""
+        return replace(self, factors=tuple(
+            f if f.axis is None else replace(f, axis=axis_map[f.axis]) if axis_map[f.axis] is not None
+            else replace(f, axis=None, count=1) for f in self.factors))
+
+
+class Unsupported(Exception):
+    """The op reads a layout in a way that cannot be cut exactly."""
+
+
+def reads_heads(reason: str) -> str:
+    return f"{reason} (channels split into heads)"
+
+
+def split(ctx: TieContext, x: str, xs: Space, xshape, oshape) -> bool:
+    """A Reshape of a channel axis into trailing factors: give the output a layout and make the
+    blocks (every value of the leading factors) keep equal counts. False if it is not one."""
+    if xs.block != 1 or oshape is None:
+        return False
+    segments = _segments(xshape, oshape)
+    seg = next((s for s in segments or [] if xs.axis in s[0]), None)
+    if seg is None or [a for a in seg[0] if xshape[a] != 1] != [xs.axis]:
+        return False
+    outs = [j for j in seg[1] if oshape[j] != 1]
+    if len(outs) < 2 or oshape[outs[-1]] < 2:
+        return False
+    factors = tuple(Factor(oshape[j], j, 0, oshape[j]) for j in outs)
+    blocks = xs.size // oshape[outs[-1]]
+    lay = Layout(x, factors, x, blocks)
+    ctx.plan.equal_blocks.append((x, np.arange(xs.size).reshape(blocks, -1)))
+    _emit(ctx, ctx.output(0), lay)
+    ctx.hook(_minor_entry(outs[-1], x, blocks))
+    return True
+
+
+def propagate(ctx: TieContext) -> None:
+    """Follow the layouts of the node's inputs to its outputs, or pin their origins."""
+    fn = HEAD_RULES.get(ctx.node.op_type)
+    try:
+        if fn is None:
+            raise Unsupported(f"{ctx.where} has no rule for channels split into heads")
+        fn(ctx)
+    except Unsupported as e:
+        for t in ctx.node.input:
+            lay = ctx.plan.layouts.get(t)
+            if lay is not None:
+                ctx.pin(lay.origin, reads_heads(str(e)))
+
+
+def _emit(ctx: TieContext, out: str, lay: Layout) -> None:
+    """Give `out` the layout, or a plain channel space when one axis alone holds channels."""
+    shape = ctx.shape(out)
+    if shape is None:
+        raise Unsupported(f"{ctx.where}: shape of '{out}' unknown")
+    for f in lay.factors:
+        if f.axis is not None and shape[f.axis] != f.count:
+            raise Unsupported(f"{ctx.where}: '{out}' does not line up with its heads")
+    axes, chans = lay.grid()
+    if len(axes) == 1:
+        ctx.out_space(out, axes[0], int(chans.size))
+        ctx.tie(out, lay.origin, np.arange(chans.size), chans.ravel())
+    else:
+        ctx.plan.layouts[out] = lay
+
+
+def _layout(ctx: TieContext, i: int) -> Layout | None:
+    t = ctx.input(i)
+    return ctx.plan.layouts.get(t) if t else None
+
+
+def _minor_entry(axis: int, ref: str, blocks: int, merged: int = 1):
+    """Rewrite hook of a Reshape: the entry of the output axis that holds the last factor
+    becomes the kept head_dim (times the full factors merged into that axis)."""
+    def hook(rw) -> None:
+        if rw.kept(ref) is None or not rw.is_const(1):
+            return
+        value = rw.const(1).copy()
+        if value[axis] > 0:
+            value[axis] = rw.kept_count(ref) // blocks * merged
+            rw.set_const(1, value)
+    return hook
+
+
+def _segments(a, b) -> list[tuple[list[int], list[int]]] | None:
+    """Runs of axes of shape `a` and shape `b` with equal products (a reshape maps each run to
+    the other); size-1 axes join a neighbouring run. None if the shapes do not factor so."""
+    if math.prod(a) != math.prod(b) or 0 in a or 0 in b:
+        return None
+    segs, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        ins, outs, pa, pb = [i], [j], a[i], b[j]
+        while pa != pb:
+            if pa < pb:
+                i += 1
+                ins.append(i)
+                pa *= a[i]
+            else:
+                j += 1
+                outs.append(j)
+                pb *= b[j]
+        segs.append((ins, outs))
+        i, j = i + 1, j + 1
+    if not segs:
+        return None
+    segs[-1][0].extend(range(i, len(a)))
+    segs[-1][1].extend(range(j, len(b)))
+    return segs
+
+
+def _reshape(ctx: TieContext) -> None:
+    """Axes of a layout move, drop (size 1) or merge (whole consecutive factors) through a reshape."""
+    lay, x, out = _layout(ctx, 0), ctx.input(0), ctx.output(0)
+    xshape, oshape = ctx.shape(x), ctx.shape(out)
+    segments = _segments(xshape, oshape) if xshape is not None and oshape is not None else None
+    if segments is None:
+        raise Unsupported(f"{ctx.where} reshapes heads with unknown shapes")
+    last = len(lay.factors) - 1
+    factors: list[Factor | None] = list(lay.factors)
+    minor_axis, merged = None, 1
+    for ins, outs in segments:
+        held = [(a, lay.factor_at(a)) for a in ins]
+        run = [k for a, k in held if k is not None and xshape[a] != 1]
+        for a, k in held:
+            if k is not None and xshape[a] == 1:  # a selected digit's axis goes
+                if k == last:
+                    raise Unsupported(f"{ctx.where} drops the head_dim axis")
+                factors[k] = replace(lay.factors[k], axis=None, count=1)
+        if not run:
+            continue
+        if any(k is None and xshape[a] != 1 for a, k in held):
+            raise Unsupported(f"{ctx.where} merges heads with another axis")
+        targets = [j for j in outs if oshape[j] != 1]
+        if len(targets) != 1 or run != list(range(run[0], run[-1] + 1)) \
+                or (len(run) > 1 and any(lay.factors[k].count != lay.factors[k].size for k in run)):
+            raise Unsupported(f"{ctx.where} splits or partly merges heads")
+        first = lay.factors[run[0]]
+        size = math.prod(lay.factors[k].size for k in run)
+        factors[run[0]] = replace(first, axis=targets[0]) if len(run) == 1 else Factor(size, targets[0], 0, size)
+        for k in run[1:]:
+            factors[k] = None
+        if run[-1] == last:
+            minor_axis, merged = targets[0], size // lay.factors[last].size
+    if minor_axis is None:
+        raise Unsupported(f"{ctx.where} reshapes the head_dim axis")
+    _emit(ctx, out, Layout(lay.origin, tuple(f for f in factors if f is not None), lay.ref, lay.blocks // merged))
+    if ctx.node.op_type == "Reshape":
+        ctx.hook(_minor_entry(minor_axis, lay.ref, lay.blocks, merged))
+
+
+def _transpose(ctx: TieContext) -> None:
+    lay = _layout(ctx, 0)
+    rank = len(ctx.shape(ctx.input(0)))
+    perm = [int(p) for p in ctx.attr("perm", list(range(rank - 1, -1, -1)))]
+    _emit(ctx, ctx.output(0), lay.moved({a: perm.index(a) for a in range(rank)}))
+
+
+def _select(lay: Layout, axis: int, start: int, count: int, where: str) -> Layout:
+    """The layout with `axis` cut to [start, start + count) (its own indices)."""
+    k = lay.factor_at(axis)
+    if k is None:
+        return lay
+    f = lay.factors[k]
+    if k == len(lay.factors) - 1 and (start, count) != (0, f.count):
+        raise Unsupported(f"{where} selects part of head_dim")
+    factors = list(lay.factors)
+    factors[k] = replace(f, start=f.start + start, count=count)
+    return replace(lay, factors=tuple(factors))
+
+
+def _gather(ctx: TieContext) -> None:
+    lay, idx = _layout(ctx, 0), ctx.input(1)
+    rank = len(ctx.shape(ctx.input(0)))
+    axis = int(ctx.attr("axis", 0)) % rank
+    ishape = ctx.shape(idx)
+    value = ctx.value(idx)
+    if ishape is None:
+        raise Unsupported(f"{ctx.where}: index shape unknown")
+    k = lay.factor_at(axis)
+    if k is not None:
+        if value is None or value.size != 1 or k == len(lay.factors) - 1:
+            raise Unsupported(f"{ctx.where} gathers along heads")
+        i = int(value.ravel()[0]) % lay.factors[k].count
+        lay = _select(lay, axis, i, 1, ctx.where)
+    shift = len(ishape) - 1
+    _emit(ctx, ctx.output(0), lay.moved({a: (a if a < axis else a + shift if a > axis else
+                                             (None if not ishape else a)) for a in range(rank)}))
+
+
+def _slice(ctx: TieContext) -> None:
+    lay, x = _layout(ctx, 0), ctx.input(0)
+    xshape = ctx.shape(x)
+    consts = [ctx.value(ctx.input(i)) if ctx.input(i) else None for i in range(1, 5)]
+    if consts[0] is None or consts[1] is None:
+        raise Unsupported(f"{ctx.where} has non-constant bounds")
+    axes = consts[2] if consts[2] is not None else np.arange(len(consts[0]))
+    steps = consts[3] if consts[3] is not None else np.ones(len(consts[0]), dtype=np.int64)
+    for s, e, a, st in zip(consts[0], consts[1], axes, steps):
+        a = int(a) % len(xshape)
+        start, stop, step = slice(int(s), int(e), int(st)).indices(xshape[a])
+        if lay.factor_at(a) is not None and step != 1:
+            raise Unsupported(f"{ctx.where} slices heads with a step")
+        lay = _select(lay, a, start, max(0, stop - start), ctx.where)
+    _emit(ctx, ctx.output(0), lay)
+
+
+def _split(ctx: TieContext) -> None:
+    lay, x = _layout(ctx, 0), ctx.input(0)
+    xshape = ctx.shape(x)
+    axis = int(ctx.attr("axis", 0)) % len(xshape)
+    offset = 0
+    for out in ctx.node.output:
+        width = ctx.shape(out)[axis]
+        _emit(ctx, out, _select(lay, axis, offset, width, ctx.where))
+        offset += width
+
+
+def _elementwise(ctx: TieContext) -> None:
+    """The layout passes when every other operand is constant along its axes (or shares it)."""
+    out = ctx.output(0)
+    oshape = ctx.shape(out)
+    lays = [(i, _layout(ctx, i)) for i in range(len(ctx.node.input)) if _layout(ctx, i) is not None]
+    i0, lay = lays[0]
+    if oshape is None or len(ctx.shape(ctx.input(i0))) != len(oshape):
+        raise Unsupported(f"{ctx.where} broadcasts heads")
+    for i, t in enumerate(ctx.node.input):
+        if not t or i == i0:
+            continue
+        other = ctx.plan.layouts.get(t)
+        if other is not None:
+            if other != lay:
+                raise Unsupported(f"{ctx.where} combines heads of different layouts")
+            continue
+        shape = ctx.shape(t)
+        if shape is None or t in ctx.plan.spaces:
+            raise Unsupported(f"{ctx.where} combines heads with '{t}'")
+        for f in lay.factors:
+            a = f.axis - (len(oshape) - len(shape)) if f.axis is not None else -1
+            if f.axis is not None and a >= 0 and shape[a] != 1:
+                raise Unsupported(f"{ctx.where} combines heads with '{t}', which varies along them")
+    _emit(ctx, out, lay)
+
+
+def _matmul(ctx: TieContext) -> None:
+    """q·kᵀ ties the head_dim channels of q and k; attn·v carries v's layout to the output."""
+    a, b, out = ctx.input(0), ctx.input(1), ctx.output(0)
+    la, lb = ctx.plan.layouts.get(a), ctx.plan.layouts.get(b)
+    ra, rb, ro = len(ctx.shape(a) or ()), len(ctx.shape(b) or ()), len(ctx.shape(out) or ())
+    if min(ra, rb) < 2 or ro != max(ra, rb):
+        raise Unsupported(f"{ctx.where} multiplies heads of rank < 2")
+    if (la is None and (a in ctx.plan.spaces or ctx.is_constant(a))) \
+            or (lb is None and (b in ctx.plan.spaces or ctx.is_constant(b))):
+        raise Unsupported(f"{ctx.where} multiplies heads with channels")
+    if la is not None and lb is not None:
+        return _contract(ctx, la, lb, ra, rb, ro)
+    lay, rank, free, contracted = (la, ra, ra - 2, ra - 1) if la is not None else (lb, rb, rb - 1, rb - 2)
+    if lay.factor_at(contracted) is not None:
+        raise Unsupported(f"{ctx.where} contracts heads with a tensor without them")
+    _emit(ctx, out, lay.moved({k: k + ro - rank for k in range(rank)}))
+
+
+def _contract(ctx: TieContext, la: Layout, lb: Layout, ra: int, rb: int, ro: int) -> None:
+    last_a, last_b = len(la.factors) - 1, len(lb.factors) - 1
+    if la.factor_at(ra - 1) != last_a or lb.factor_at(rb - 2) != last_b \
+            or la.factor_at(ra - 2) is not None or lb.factor_at(rb - 1) is not None:
+        raise Unsupported(f"{ctx.where} contracts other axes than head_dim")
+    axes_a, ga = la.grid()
+    axes_b, gb = lb.grid()
+    batch_a = [k + ro - ra for k in axes_a if k < ra - 2]
+    batch_b = [k + ro - rb for k in axes_b if k < rb - 2]
+    if batch_a != batch_b or ga.shape != gb.shape:
+        raise Unsupported(f"{ctx.where}: the heads of its operands do not line up")
+    ctx.tie(la.origin, lb.origin, ga.ravel(), gb.ravel())
+
+
+HEAD_RULES = {"Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
+              "Transpose": _transpose, "Gather": _gather, "Slice": _slice, "Split": _split,
+              "MatMul": _matmul, **{op: _elementwise for op in UNARY + BINARY if op != "Where"}}
