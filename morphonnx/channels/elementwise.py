@@ -38,7 +38,7 @@ def broadcast(ctx: TieContext) -> None:
     ctx.out_space(out, axis, ref.size, ref.block)
     for i, t in enumerate(ctx.node.input):
         shape = ctx.shape(t) if t else None
-        if not t or shape is None:
+        if not t or shape is None or t in ctx.plan.layouts:  # heads: channels/heads.py
             continue
         a = aligned_axis(len(oshape), len(shape), axis)
         space = ctx.space(t)

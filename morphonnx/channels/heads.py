@@ -16,7 +16,7 @@ its axes, and the products of attention:
 
 Only the last factor (head_dim) is cut: every head keeps as many channels as the others (the
 split's blocks are `equal_blocks`, legalized in masks.py, at least one each) and the reshapes on
-the way get the new head_dim (`Layout.ref`, `blocks`). Anything else that reads a layout pins
+the way get the new head_dim (`Layout.run`). Anything else that reads a layout pins
 its origin's channels, with the reason.
 """
 from __future__ import annotations
@@ -45,12 +45,23 @@ class Factor:
 class Layout:
     """The channels of `origin` (a tensor with a plain channel space) spread over axes.
 
-    The last factor is the one the rewrite narrows: it keeps `kept(ref) / blocks` digits."""
+    The last factor (head_dim) is the one the rewrite narrows: every head keeps as many of its
+    digits as the first one (`run`)."""
 
     origin: str
     factors: tuple[Factor, ...]
-    ref: str
-    blocks: int
+
+    def run(self) -> np.ndarray:
+        """The origin channels of the first head: the last factor's digits, the others at their first."""
+        axes, chans = self.grid()
+        minor = axes.index(self.factors[-1].axis)
+        return np.moveaxis(chans, minor, -1).reshape(-1, chans.shape[minor])[0]
+
+    def heads(self) -> np.ndarray:
+        """The origin channels of every head, [heads, head_dim]."""
+        axes, chans = self.grid()
+        minor = axes.index(self.factors[-1].axis)
+        return np.moveaxis(chans, minor, -1).reshape(-1, chans.shape[minor])
 
     def grid(self) -> tuple[list[int], np.ndarray]:
         """The axes that hold factors (ascending) and the origin channel at every position of them."""
@@ -96,12 +107,10 @@ def split(ctx: TieContext, x: str, xs: Space, xshape, oshape) -> bool:
     outs = [j for j in seg[1] if oshape[j] != 1]
     if len(outs) < 2 or oshape[outs[-1]] < 2:
         return False
-    factors = tuple(Factor(oshape[j], j, 0, oshape[j]) for j in outs)
-    blocks = xs.size // oshape[outs[-1]]
-    lay = Layout(x, factors, x, blocks)
-    ctx.plan.equal_blocks.append((x, np.arange(xs.size).reshape(blocks, -1)))
+    lay = Layout(x, tuple(Factor(oshape[j], j, 0, oshape[j]) for j in outs))
+    ctx.plan.equal_blocks.append((x, lay.heads()))
     _emit(ctx, ctx.output(0), lay)
-    ctx.hook(_minor_entry(outs[-1], x, blocks))
+    ctx.hook(_minor_entry(outs[-1], x, lay.run()))
     return True
 
 
@@ -140,15 +149,22 @@ def _layout(ctx: TieContext, i: int) -> Layout | None:
     return ctx.plan.layouts.get(t) if t else None
 
 
-def _minor_entry(axis: int, ref: str, blocks: int, merged: int = 1):
+def kept_width(rw, origin: str, run: np.ndarray) -> int | None:
+    """How many of a head's channels `run` the rewrite keeps (None: all of the origin's)."""
+    kept = rw.kept(origin)
+    return None if kept is None else int(np.isin(run, kept).sum())
+
+
+def _minor_entry(axis: int, origin: str, run: np.ndarray, merged: int = 1):
     """Rewrite hook of a Reshape: the entry of the output axis that holds the last factor
     becomes the kept head_dim (times the full factors merged into that axis)."""
     def hook(rw) -> None:
-        if rw.kept(ref) is None or not rw.is_const(1):
+        width = kept_width(rw, origin, run)
+        if width is None or not rw.is_const(1):
             return
         value = rw.const(1).copy()
         if value[axis] > 0:
-            value[axis] = rw.kept_count(ref) // blocks * merged
+            value[axis] = width * merged
             rw.set_const(1, value)
     return hook
 
@@ -202,9 +218,10 @@ def _reshape(ctx: TieContext) -> None:
         if any(k is None and xshape[a] != 1 for a, k in held):
             raise Unsupported(f"{ctx.where} merges heads with another axis")
         targets = [j for j in outs if oshape[j] != 1]
-        if len(targets) != 1 or run != list(range(run[0], run[-1] + 1)) \
-                or (len(run) > 1 and any(lay.factors[k].count != lay.factors[k].size for k in run)):
-            raise Unsupported(f"{ctx.where} splits or partly merges heads")
+        if len(targets) != 1 or run != list(range(run[0], run[-1] + 1)):
+            raise Unsupported(f"{ctx.where} splits heads")
+        if len(run) > 1 and any(lay.factors[k].count != lay.factors[k].size for k in run):
+            return _merge_parts(ctx, lay, run, targets[0])
         first = lay.factors[run[0]]
         size = math.prod(lay.factors[k].size for k in run)
         factors[run[0]] = replace(first, axis=targets[0]) if len(run) == 1 else Factor(size, targets[0], 0, size)
@@ -214,9 +231,21 @@ def _reshape(ctx: TieContext) -> None:
             minor_axis, merged = targets[0], size // lay.factors[last].size
     if minor_axis is None:
         raise Unsupported(f"{ctx.where} reshapes the head_dim axis")
-    _emit(ctx, out, Layout(lay.origin, tuple(f for f in factors if f is not None), lay.ref, lay.blocks // merged))
+    _emit(ctx, out, Layout(lay.origin, tuple(f for f in factors if f is not None)))
     if ctx.node.op_type == "Reshape":
-        ctx.hook(_minor_entry(minor_axis, lay.ref, lay.blocks, merged))
+        ctx.hook(_minor_entry(minor_axis, lay.origin, lay.run(), merged))
+
+
+def _merge_parts(ctx: TieContext, lay: Layout, run: list[int], axis: int) -> None:
+    """Heads merged back when some of them hold part of a factor (v, the last part of a
+    head_dim split): the merged axis must be the only one with channels; it gets a plain space."""
+    if [k for k, f in enumerate(lay.factors) if f.axis is not None] != run:
+        raise Unsupported(f"{ctx.where} partly merges heads")
+    _, chans = lay.grid()
+    ctx.out_space(ctx.output(0), axis, int(chans.size))
+    ctx.tie(ctx.output(0), lay.origin, np.arange(chans.size), chans.ravel())
+    if ctx.node.op_type == "Reshape":
+        ctx.hook(_minor_entry(axis, lay.origin, lay.run(), chans.size // lay.factors[-1].count))
 
 
 def _transpose(ctx: TieContext) -> None:
@@ -226,13 +255,14 @@ def _transpose(ctx: TieContext) -> None:
     _emit(ctx, ctx.output(0), lay.moved({a: perm.index(a) for a in range(rank)}))
 
 
-def _select(lay: Layout, axis: int, start: int, count: int, where: str) -> Layout:
-    """The layout with `axis` cut to [start, start + count) (its own indices)."""
+def _select(lay: Layout, axis: int, start: int, count: int, where: str, minor: bool = False) -> Layout:
+    """The layout with `axis` cut to [start, start + count) (its own indices); of head_dim only
+    if `minor`."""
     k = lay.factor_at(axis)
     if k is None:
         return lay
     f = lay.factors[k]
-    if k == len(lay.factors) - 1 and (start, count) != (0, f.count):
+    if k == len(lay.factors) - 1 and (start, count) != (0, f.count) and not minor:
         raise Unsupported(f"{where} selects part of head_dim")
     factors = list(lay.factors)
     factors[k] = replace(f, start=f.start + start, count=count)
@@ -276,40 +306,126 @@ def _slice(ctx: TieContext) -> None:
 
 
 def _split(ctx: TieContext) -> None:
+    """A split of head_dim (LeViT's and EfficientFormer's q, k, v of one projection per head):
+    each part keeps as many channels in every head, and the split sizes follow."""
     lay, x = _layout(ctx, 0), ctx.input(0)
     xshape = ctx.shape(x)
     axis = int(ctx.attr("axis", 0)) % len(xshape)
-    offset = 0
+    minor = lay.factor_at(axis) == len(lay.factors) - 1
+    offset, runs = 0, []
     for out in ctx.node.output:
         width = ctx.shape(out)[axis]
-        _emit(ctx, out, _select(lay, axis, offset, width, ctx.where))
+        part = _select(lay, axis, offset, width, ctx.where, minor=True)
+        if minor:
+            ctx.plan.equal_blocks.append((lay.origin, part.heads()))
+            runs.append(part.run())
+        _emit(ctx, out, part)
         offset += width
+    if minor:
+        ctx.hook(_split_widths(lay.origin, runs))
+
+
+def _split_widths(origin: str, runs: list[np.ndarray]):
+    def hook(rw) -> None:
+        widths = [kept_width(rw, origin, r) for r in runs]
+        if widths[0] is None:
+            return
+        sizes = np.array(widths, dtype=np.int64)
+        if len(rw.node.inputs) > 1 and rw.node.inputs[1] is not None and rw.is_const(1):
+            rw.set_const(1, sizes)
+        elif "split" in rw.node.attrs:
+            rw.set_attr("split", [int(v) for v in sizes])
+        else:
+            import onnx_graphsurgeon as gs
+            rw.node.attrs.pop("num_outputs", None)
+            rw.node.inputs.append(gs.Constant(f"{rw.node.name}.split", sizes))
+    return hook
 
 
 def _elementwise(ctx: TieContext) -> None:
-    """The layout passes when every other operand is constant along its axes (or shares it)."""
+    """The layout passes when every other operand is constant along its axes or has the same
+    layout (its channels tie); an operand with plain channels on the head_dim axis (split
+    attention's branches times their softmax weights) ties channel c to every head's c."""
     out = ctx.output(0)
     oshape = ctx.shape(out)
-    lays = [(i, _layout(ctx, i)) for i in range(len(ctx.node.input)) if _layout(ctx, i) is not None]
-    i0, lay = lays[0]
+    i0, lay = next((i, _layout(ctx, i)) for i in range(len(ctx.node.input)) if _layout(ctx, i) is not None)
     if oshape is None or len(ctx.shape(ctx.input(i0))) != len(oshape):
         raise Unsupported(f"{ctx.where} broadcasts heads")
+    axes, grid = lay.grid()
+    plain = False
     for i, t in enumerate(ctx.node.input):
         if not t or i == i0:
             continue
+        shape = ctx.shape(t)
         other = ctx.plan.layouts.get(t)
         if other is not None:
-            if other != lay:
+            oaxes, ogrid = other.grid()
+            if oaxes != axes or ogrid.shape != grid.shape or len(shape) != len(oshape):
                 raise Unsupported(f"{ctx.where} combines heads of different layouts")
+            ctx.tie(lay.origin, other.origin, grid.ravel(), ogrid.ravel())
             continue
-        shape = ctx.shape(t)
-        if shape is None or t in ctx.plan.spaces:
-            raise Unsupported(f"{ctx.where} combines heads with '{t}'")
-        for f in lay.factors:
-            a = f.axis - (len(oshape) - len(shape)) if f.axis is not None else -1
-            if f.axis is not None and a >= 0 and shape[a] != 1:
+        if shape is None:
+            raise Unsupported(f"{ctx.where} combines heads with '{t}' of unknown shape")
+        space = ctx.space(t)
+        offset = len(oshape) - len(shape)
+        if space is not None:
+            _tie_plain(ctx, lay, t, space, offset)
+            plain = True
+            continue
+        for a in axes:
+            if a - offset >= 0 and shape[a - offset] != 1:
                 raise Unsupported(f"{ctx.where} combines heads with '{t}', which varies along them")
-    _emit(ctx, out, lay)
+    if not plain:
+        _emit(ctx, out, lay)
+
+
+def _tie_plain(ctx: TieContext, lay: Layout, t: str, space: Space, offset: int) -> None:
+    """Channel c of plain `t` with the head_dim digit c of every head (same axis, same width)."""
+    minor = lay.factors[-1]
+    if space.block != 1 or space.axis + offset != minor.axis or space.size != minor.count:
+        raise Unsupported(f"{ctx.where} combines heads with the channels of '{t}' on another axis")
+    heads = lay.heads()
+    ctx.tie(t, lay.origin, np.tile(np.arange(space.size), len(heads)), heads.ravel())
+
+
+def _tie_along(ctx: TieContext, lay: Layout, axis: int) -> Layout:
+    """Channels that differ only in the factor on `axis` tie (an op mixes them): the layout
+    with that factor at its first digit."""
+    k = lay.factor_at(axis)
+    if k is None:
+        return lay
+    if k == len(lay.factors) - 1:
+        raise Unsupported(f"{ctx.where} runs over head_dim")
+    axes, grid = lay.grid()
+    grid = np.moveaxis(grid, axes.index(axis), 0)
+    for j in range(1, grid.shape[0]):
+        ctx.tie(lay.origin, lay.origin, grid[0].ravel(), grid[j].ravel())
+    return lay
+
+
+def _softmax(ctx: TieContext) -> None:
+    """Along a head factor (split attention's softmax over radix branches): its channels tie."""
+    rank = len(ctx.shape(ctx.input(0)))
+    lay = _tie_along(ctx, _layout(ctx, 0), int(ctx.attr("axis", -1)) % rank)
+    _emit(ctx, ctx.output(0), lay)
+
+
+def _reduce(ctx: TieContext) -> None:
+    """A reduction over head factors (the sum over radix branches) ties their channels and
+    drops those factors."""
+    from .reduce import _axes
+    lay = _layout(ctx, 0)
+    rank = len(ctx.shape(ctx.input(0)))
+    axes = _axes(ctx, rank)
+    if axes is None:
+        raise Unsupported(f"{ctx.where} reduces over unknown axes")
+    keep = int(ctx.attr("keepdims", 1))
+    for a in axes:
+        lay = _tie_along(ctx, lay, a)
+    fixed = lay.moved({a: None if a in axes else a for a in range(rank)})
+    if not keep:
+        fixed = fixed.moved({a: a - sum(r < a for r in axes) for a in range(rank) if a not in axes})
+    _emit(ctx, ctx.output(0), fixed)
 
 
 def _matmul(ctx: TieContext) -> None:
@@ -344,6 +460,8 @@ def _contract(ctx: TieContext, la: Layout, lb: Layout, ra: int, rb: int, ro: int
     ctx.tie(la.origin, lb.origin, ga.ravel(), gb.ravel())
 
 
-HEAD_RULES = {"Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
+HEAD_RULES = {"Softmax": _softmax, "LogSoftmax": _softmax,
+              **{op: _reduce for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd")},
+              "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
               "Transpose": _transpose, "Gather": _gather, "Slice": _slice, "Split": _split,
               "MatMul": _matmul, **{op: _elementwise for op in UNARY + BINARY if op != "Where"}}

@@ -58,12 +58,33 @@ def reshape(ctx: TieContext) -> None:
         return
     if space is None and heads.split(ctx, x, xs, xshape, oshape):
         return
+    if space is None and _merge_earlier(ctx, x, xs, xshape, oshape):
+        return
     if space is None:
         return ctx.pin(x, f"{ctx.where} splits channels or merges them with earlier axes")
     ctx.out_space(out, space.axis, space.size, space.block)
     ctx.tie(x, out)
     if ctx.node.op_type == "Reshape":
         ctx.hook(count_entry(1, space.axis))
+
+
+def _merge_earlier(ctx: TieContext, x: str, xs: Space, xshape, oshape) -> bool:
+    """Channels merged with the axes just before them (timm's Swin patch merging: [.., 2, 2, C]
+    into [.., 4C]): output channel p*C + c is a copy of channel c, tied to it. False if not so."""
+    if xs.block != 1 or oshape is None or xshape is None:
+        return False
+    c, rest = xs.size, tuple(xshape[xs.axis + 1:])
+    for k in range(len(oshape)):
+        if tuple(oshape[k + 1:]) != rest:
+            continue
+        for m in range(xs.axis):
+            copies = math.prod(xshape[m:xs.axis])
+            if math.prod(xshape[:m]) == math.prod(oshape[:k]) and oshape[k] == copies * c:
+                ctx.out_space(ctx.output(0), k, copies * c)
+                ctx.tie(x, ctx.output(0), np.tile(np.arange(c), copies), np.arange(copies * c))
+                ctx.hook(count_entry(1, k))
+                return True
+    return False
 
 
 def _only_user(ctx: TieContext, tensor: str, op_types: tuple[str, ...]):
