@@ -369,7 +369,8 @@ def _equalize(state: _Flat, blocks: np.ndarray, cause: tuple[str, str], minimum:
         return False
     counts = state.alive[blocks].sum(axis=1)
     target, changed = max(int(counts.max()), minimum), False
-    for block, n in zip(blocks, counts):
+    for block in blocks:
+        n = state.alive[block].sum()  # (blocks may share channels: q's and k's heads do)
         for i in state.order(block).tolist():
             if n >= target:
                 break

@@ -168,12 +168,15 @@ def _weight_terms(groups: Groups, cost, consumed, out) -> tuple[list[tuple], lis
 
 
 def compile_program(groups: Groups, resource: str = "flops", profile: Profile | None = None,
-                    costs: CostModel | None = None, gamma_of: dict[str, str] | None = None) -> PenaltyProgram:
+                    costs: CostModel | None = None, gamma_of: dict[str, str] | None = None,
+                    bn: bool | None = None) -> PenaltyProgram:
     """Compile the cost model of a graph into a penalty program for one resource.
 
-    Gammas are the model's BatchNormalization scales; `gamma_of` maps weight sources (node
-    names) to gamma names instead, for exports that folded BN away (tf2onnx).
+    Gammas are the model's BatchNormalization scales (`bn`, the default without `gamma_of`);
+    `gamma_of` maps weight sources (node names) to gamma names, for exports that folded BN
+    away (tf2onnx) and for groups without a BN, whose gamma is a norm of the weights (torch).
     """
+    bn = gamma_of is None if bn is None else bn
     if resource not in RESOURCES:
         raise ValueError(f"resource must be one of {', '.join(RESOURCES)}, got {resource!r}")
     if resource == "latency" and profile is None:
@@ -183,9 +186,9 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
     ops = [c for c in costs.ops if c.costed]
     # slots: one per group channel of every group with a BN source and no pin
     def gamma_name(s) -> str | None:
-        if gamma_of is not None:
-            return gamma_of.get(s.node) if s.kind == "weight" else None
-        return s.weight if s.kind == "bn" else None
+        if s.kind == "bn":
+            return s.weight if bn else None
+        return gamma_of.get(s.node) if gamma_of else None
 
     learnable = np.array([g.pinned is None and any(gamma_name(s) for s, _ in g.sources) for g in groups.groups])
     slot_base = np.full(len(groups.groups), -1)

@@ -30,14 +30,18 @@ from ..oracle import own_bn
 from ..profiles import Profile, load_profile
 
 
-def export_bn_kept(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> onnx.ModelProto:
+def export_bn_kept(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor) -> onnx.ModelProto:
     """The model as ONNX with BatchNormalization kept and parameter names as initializer names.
 
-    Norm parameters are set to distinct random values during the export (exporters merge equal
-    initializers, and fresh BNs all have scale 1), then restored.
+    Norm parameters (BN, LayerNorm, GroupNorm) are set to distinct random values during the
+    export (exporters merge equal initializers, and fresh norms all have scale 1), then
+    restored. `example_inputs`: one tensor or a tuple of them.
     """
-    named = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.affine]
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, norm_types)
+             and getattr(m, "weight", None) is not None and getattr(m, "bias", None) is not None]
     norms = [m for _, m in named]
     saved = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in norms]
     gen = torch.Generator().manual_seed(0)
@@ -67,24 +71,37 @@ def export_bn_kept(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor
 
 
 class Regularizer(GammaRegularizer):
-    """MorphNet's GammaFlops / GammaModelSize / GammaLatency regularizer for a torch model."""
+    """MorphNet's GammaFlops / GammaModelSize / GammaLatency regularizer for a torch model.
 
-    def __init__(self, model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], resource: str = "flops",
-                 profile: str | Profile | None = None, threshold: float = 0.01):
+    A group's gamma is its BN scales (max over the group's BNs). With `gammas="auto"` (the
+    default), a group with no BN (a transformer's MLP, its heads, its residual stream) takes the
+    L2 norm of its weights instead: for each channel, the rows its Linear/Conv layers write it
+    with, bias included (MorphNet's group-lasso regularizers); `gammas="bn"` uses BN scales only.
+    """
+
+    def __init__(self, model: torch.nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+                 resource: str = "flops", profile: str | Profile | None = None, threshold: float = 0.01,
+                 gammas: str = "auto"):
+        if gammas not in ("auto", "bn"):
+            raise ValueError(f"gammas must be 'auto' or 'bn', got {gammas!r}")
         module = model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
         self.model = module
         self.threshold = float(threshold)
         self.onnx_model = export_bn_kept(module, example_inputs)
         self.graph = load(self.onnx_model)
         self.groups = find_groups(self.graph)
-        prof = load_profile(profile) if isinstance(profile, (str, os.PathLike)) else profile
-        self.program = compile_program(self.groups, resource, prof)
         params = dict(module.named_parameters())
+        prof = load_profile(profile) if isinstance(profile, (str, os.PathLike)) else profile
+        norms = _weight_gammas(self.groups, module, params) if gammas == "auto" else {}
+        self.program = compile_program(self.groups, resource, prof, gamma_of={n: w for n, (w, _, _) in norms.items()},
+                                       bn=True)
         names = list(self.program.sources)
         missing = [n for n in names if n not in params]
         if missing:
             raise ValueError(f"BN scales of the ONNX export not found among the model's parameters: {missing[:5]}")
+        by_weight = {w: (axis, bias) for w, axis, bias in norms.values()}
         self._gammas = [params[n] for n in names]
+        self._norm_of = [by_weight.get(n) for n in names]  # (output axis, bias) for weight gammas, None for BN
         p = self.program
         slots = np.concatenate([p.sources[n] for n in names]) if names else np.zeros(0, dtype=np.int64)
         n_slots = len(p.slot_group)
@@ -108,11 +125,29 @@ class Regularizer(GammaRegularizer):
             self._cache = ((device, dtype), ints, floats)
         return self._cache[1], self._cache[2]
 
-    def _slot_gammas(self, ints: dict, dtype) -> torch.Tensor:
-        flat = torch.cat([g.reshape(-1) for g in self._gammas]).abs().to(dtype)
+    def _slot_gammas(self, ints: dict, dtype, detach: bool = False) -> torch.Tensor:
+        """Per slot: the max |BN scale| of its BN gammas, or the L2 norm of its weight rows."""
+        bn_parts, sq_parts = [], []
+        for g, norm in zip(self._gammas, self._norm_of):
+            g = (g.detach() if detach else g).to(dtype)
+            if norm is None:
+                bn_parts.append(g.reshape(-1).abs())
+                sq_parts.append(torch.zeros_like(bn_parts[-1]))
+                continue
+            axis, bias = norm
+            sq = g.pow(2).sum(dim=[d for d in range(g.ndim) if d != axis])
+            if bias is not None:
+                sq = sq + (bias.detach() if detach else bias).to(dtype).pow(2)
+            sq_parts.append(sq)
+            bn_parts.append(torch.zeros_like(sq))
         n = len(self.program.slot_group)
-        out = torch.zeros(n + 1, dtype=dtype, device=flat.device)
-        return out.scatter_reduce(0, ints["src_slot"], flat, reduce="amax", include_self=True)[:n]
+        idx = ints["src_slot"]
+        zeros = torch.zeros(n + 1, dtype=dtype, device=idx.device)
+        bn = zeros.scatter_reduce(0, idx, torch.cat(bn_parts), reduce="amax", include_self=True)[:n]
+        if not any(v is not None for v in self._norm_of):
+            return bn
+        sq = zeros.index_add(0, idx, torch.cat(sq_parts))[:n]
+        return torch.maximum(bn, torch.sqrt(sq + 1e-12))  # (a slot has BN gammas or weights, not both)
 
     def _io(self, ints: dict, floats: dict, per_group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.program.n_ops
@@ -139,15 +174,10 @@ class Regularizer(GammaRegularizer):
         return torch.where(value[0] >= value[1], terms[0], terms[1]).sum()
 
     def slot_gammas(self) -> np.ndarray:
-        """Current per-slot gammas (max |gamma| over each slot's sources)."""
+        """Current per-slot gammas (max |BN scale|, or the L2 norm of the weight rows)."""
         with torch.no_grad():
             ints, _ = self._tensors(torch.device("cpu"), torch.float64)
-            saved = self._gammas
-            self._gammas = [g.detach().cpu().double() for g in saved]
-            try:
-                return self._slot_gammas(ints, torch.float64).numpy()
-            finally:
-                self._gammas = saved
+            return self._slot_gammas(ints, torch.float64, detach=True).cpu().numpy()
 
     def silenced(self) -> dict[str, list[float]]:
         """Per weight source with its own BN: the BN shift each channel outputs when its scale is 0."""
@@ -164,6 +194,24 @@ class Regularizer(GammaRegularizer):
     def save_masks(self, path: str | os.PathLike) -> None:
         """Write the masks file `morphonnx prune --masks` reads (it also applies to the BN-folded export)."""
         write_text(path, json.dumps({"masks": self.alive_masks(), "silenced": self.silenced()}))
+
+
+def _weight_gammas(groups, module: torch.nn.Module, params: dict) -> dict[str, tuple[str, int, object]]:
+    """Weight sources of groups without a BN, with their torch parameter: node → (weight name,
+    output axis of the parameter, bias parameter or None)."""
+    eg, plan = groups.element_group, groups.plan
+    with_bn = {int(eg[i, 0]) for s in plan.sources if s.kind == "bn" for i in plan.ids(s.tensor).tolist()}
+    out = {}
+    for s in plan.sources:
+        if s.kind != "weight" or s.weight not in params or with_bn & set(eg[plan.ids(s.tensor), 0].tolist()):
+            continue
+        prefix, _, _ = s.weight.rpartition(".")
+        layer = module.get_submodule(prefix) if prefix else module
+        axis = 1 if isinstance(layer, torch.nn.modules.conv._ConvTransposeNd) else 0
+        if params[s.weight].shape[axis] != plan.spaces[s.tensor].size:
+            continue
+        out[s.node] = (s.weight, axis, params.get(f"{prefix}.bias" if prefix else "bias"))
+    return out
 
 
 def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
@@ -229,7 +277,7 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
             setattr(module, attr, tensor)
     for module in {new.get_submodule(n.rpartition(".")[0]) for n in changed}:
         _resize_attributes(module)
-    _check_forward(new, example_inputs)
+    _check_forward(new, (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs)
     return new
 
 
