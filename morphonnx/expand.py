@@ -5,7 +5,8 @@ structure are multiplied by one factor w, the largest with cost(round(w · width
 so that channels move from layers where they were wasted to layers where they help. Widths
 are rounded per group (every member of a group gets the same width), optionally to a
 multiple of N, and to a multiple of the group count of any grouped convolution the group
-feeds; pinned groups keep their widths; dead groups stay dead.
+feeds; pinned groups and attention heads keep their widths (new channels are not yet placed
+head by head); dead groups stay dead.
 """
 from __future__ import annotations
 
@@ -62,6 +63,14 @@ def group_steps(groups: Groups, multiple: int = 1) -> np.ndarray:
     return step
 
 
+def head_groups(groups: Groups) -> list[int]:
+    """Groups with channels split into attention heads (their growth is not written yet)."""
+    out: set[int] = set()
+    for tensor, blocks in groups.plan.equal_blocks:
+        out.update(groups.element_group[groups.plan.ids(tensor, blocks.ravel()), 0].tolist())
+    return sorted(out)
+
+
 def scaled(base: np.ndarray, free: np.ndarray, step: np.ndarray, w: float) -> np.ndarray:
     """round(w · base) per free group to its step (at least one step); other groups unchanged."""
     grown = np.maximum(step, np.round(w * base / step) * step)
@@ -71,6 +80,7 @@ def scaled(base: np.ndarray, free: np.ndarray, step: np.ndarray, w: float) -> np
 def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float, multiple: int = 1) -> Expansion:
     """The largest w with cost(scaled widths) ≤ budget; BadInput if even the smallest widths exceed it."""
     free = np.array([g.pinned is None for g in groups.groups])
+    free[head_groups(groups)] = False  # heads keep their width: new channels cannot be placed per head yet
     step = group_steps(groups, multiple)
     cost = lambda w: program.cost(scaled(base, free, step, w).astype(float))
     original = program.cost(program.full_alive())

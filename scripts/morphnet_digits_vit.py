@@ -4,17 +4,16 @@
 1. Train the seed ViT (16x16 digits in 4x4 patches: 16 tokens; width 64, 4 blocks of 4 heads of
    16, MLP 128, LayerNorms) several times (--seeds): the seed accuracy.
 2. Train it with MorphNet's FLOP penalty (`morphonnx.torch.Regularizer`: a group with no BN, here
-   every group, takes the L2 norm of the weights that write each channel as its gamma) at
-   several strengths; fine-tune the alive channels a few epochs without the penalty (dead ones
-   held at 0), as MorphNet's shrink step ends.
-3. Export each penalized net to ONNX and `morphonnx prune` it with its learned masks (residual
-   stream channels, MLP channels and head_dim channels of q/k and v), checked against the oracle
-   on the written file; run the pruned file in onnxruntime on the test set.
-4. Write results.md / results.json: per strength, the pruned model's MACs (morphonnx's count of
-   the written file) against the seed's, its test accuracy in onnxruntime, the widths learned.
+   every group, takes as its gamma the L2 norm of what lives and dies with each channel: the
+   weight rows and biases that write it, the stream LayerNorms' scale and bias) per strength.
+3. Export the penalized net to ONNX and `morphonnx prune` it with its learned masks (residual
+   stream channels, MLP channels, head_dim channels of q/k and v), checked against the oracle
+   on the written file; run the pruned file in onnxruntime on the test set (no retraining).
+4. Retrain the learned structure from scratch (--seeds), and the uniform width multiplier at the
+   same MACs (MorphNet's comparison); write results.md / results.json to --out.
 
     python scripts/morphnet_digits_vit.py [--out docs/digits_vit] [--epochs 60] [--seeds 3]
-        [--strengths 2e-8,5e-8,1e-7]
+        [--strengths 5e-7,7e-7]
 """
 from __future__ import annotations
 
@@ -66,16 +65,22 @@ class Block(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
-class DigitsViT(nn.Module):
-    """Patch embedding (a Linear on 4x4 patches) + position embedding, pre-norm blocks, mean pool."""
+SEED = {"dim": 64, "blocks": [(16, 128)] * 4}  # stream width; per block: head_dim, MLP width
+HEADS = 4
 
-    def __init__(self, dim: int = 64, depth: int = 4, heads: int = 4, head_dim: int = 16, mlp: int = 128,
-                 patch: int = 4, size: int = 16):
+
+class DigitsViT(nn.Module):
+    """Patch embedding (a Linear on 4x4 patches) + position embedding, pre-norm blocks, mean pool.
+    `widths`: the stream width and, per block, head_dim (q, k and v alike) and MLP width."""
+
+    def __init__(self, widths: dict | None = None, patch: int = 4, size: int = 16):
         super().__init__()
+        w = widths or SEED
+        dim = w["dim"]
         self.patch = patch
         self.embed = nn.Linear(patch * patch, dim)
         self.pos = nn.Parameter(torch.randn(1, (size // patch) ** 2, dim) * 0.02)
-        self.blocks = nn.Sequential(*[Block(dim, heads, head_dim, mlp) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, HEADS, hd, mlp) for hd, mlp in w["blocks"]])
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,9 +103,8 @@ def data(seed: int = 0):
 
 
 def train(model: nn.Module, train_set, epochs: int, seed: int, reg: Regularizer | None = None,
-          strength: float = 0.0, frozen: dict[str, torch.Tensor] | None = None, lr: float = LR) -> nn.Module:
-    """SGD with Nesterov momentum, cosine schedule, L2 on the weights.
-    `frozen`: per parameter, a 0/1 mask of the entries held at 0 (the dead channels of a shrink)."""
+          strength: float = 0.0, lr: float = LR) -> nn.Module:
+    """SGD with Nesterov momentum, cosine schedule, L2 on the weights."""
     torch.manual_seed(seed)
     x, y = train_set
     weights = [p for p in model.parameters() if p.ndim > 1]
@@ -108,7 +112,6 @@ def train(model: nn.Module, train_set, epochs: int, seed: int, reg: Regularizer 
     opt = torch.optim.SGD([{"params": weights, "weight_decay": WEIGHT_DECAY}, {"params": others, "weight_decay": 0}],
                           lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    params = dict(model.named_parameters())
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(y))
@@ -120,10 +123,6 @@ def train(model: nn.Module, train_set, epochs: int, seed: int, reg: Regularizer 
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if frozen:
-                with torch.no_grad():
-                    for name, keep in frozen.items():
-                        params[name].mul_(keep)
         sched.step()
     return model.eval()
 
@@ -131,21 +130,6 @@ def train(model: nn.Module, train_set, epochs: int, seed: int, reg: Regularizer 
 def accuracy(model: nn.Module, test_set) -> float:
     with torch.no_grad():
         return float((model(test_set[0]).argmax(1) == test_set[1]).float().mean())
-
-
-def dead_entries(model: nn.Module, reg: Regularizer) -> dict[str, torch.Tensor]:
-    """Per weight (and bias) of a source, 0 at the rows of channels the masks remove."""
-    params = dict(model.named_parameters())
-    out = {}
-    for weight, alive in reg.alive_masks().items():
-        if weight not in params or all(alive):
-            continue
-        keep = torch.tensor(alive, dtype=torch.float32)
-        out[weight] = keep.reshape(-1, *[1] * (params[weight].ndim - 1))
-        bias = weight.rpartition(".")[0] + ".bias"
-        if bias in params:
-            out[bias] = keep
-    return out
 
 
 def morphonnx_cli(*args: str) -> str:
@@ -164,17 +148,6 @@ def onnx_accuracy(path: Path, test_set) -> float:
     return float(np.mean(np.array(pred) == y.numpy()))
 
 
-def widths(path: Path) -> dict[str, int]:
-    """Stream width, and per block q/k and v head_dim and MLP width, read off a (pruned) ONNX file."""
-    g = morphonnx.load(str(path))
-    out = {}
-    for name in g.nodes:
-        node = g.nodes[name]
-        if node.op_type == "MatMul" and g.is_constant(node.input[1]):
-            out[name] = int(g.info(node.input[1]).shape[1])
-    return out
-
-
 def prune(model: nn.Module, reg: Regularizer, out: Path, test_set) -> dict:
     """Export, prune with the learned masks (checked on the written file), and evaluate the file."""
     import onnx
@@ -183,69 +156,105 @@ def prune(model: nn.Module, reg: Regularizer, out: Path, test_set) -> dict:
     reg.save_masks(masks_path)
     stdout = morphonnx_cli("prune", str(onnx_path), "--masks", str(masks_path), "-o", str(pruned))
     checked = next(line for line in stdout.splitlines() if line.startswith("check:"))
-    macs = morphonnx.cost_model(morphonnx.load(str(pruned))).total("macs")
-    return {"check": checked.split(": ", 1)[1], "macs": int(macs), "onnx_acc": onnx_accuracy(pruned, test_set),
-            "widths": learned(reg)}
+    return {"check": checked.split(": ", 1)[1], "pruned_macs": int(macs_of(morphonnx.load(str(pruned)))),
+            "pruned_acc": onnx_accuracy(pruned, test_set)}
 
 
-def learned(reg: Regularizer) -> dict[str, int]:
-    """Alive channels per source, by torch parameter name."""
-    return {name: int(sum(alive)) for name, alive in reg.alive_masks().items()}
+def macs_of(graph) -> float:
+    return morphonnx.cost_model(graph).total("macs")
+
+
+def macs(widths: dict) -> int:
+    return int(macs_of(morphonnx.load(export_bn_kept(DigitsViT(widths).eval(), EXAMPLE))))
+
+
+def learned_widths(reg: Regularizer) -> dict:
+    """The structure the masks leave (legalized: every head keeps as many channels)."""
+    alive = {n: int(m.sum() // m[0].numel()) if m.ndim > 1 else int(m.sum()) for n, m in reg.dead_entries().items()}
+    depth = len(SEED["blocks"])
+    full = {"embed.weight": SEED["dim"], **{f"blocks.{i}.attn.qkv.weight": 3 * HEADS * SEED["blocks"][i][0]
+                                               for i in range(depth)},
+            **{f"blocks.{i}.fc1.weight": SEED["blocks"][i][1] for i in range(depth)}}
+    get = lambda n: alive.get(n, full[n])
+    return {"dim": get("embed.weight"),
+            "blocks": [(get(f"blocks.{i}.attn.qkv.weight") // (3 * HEADS), get(f"blocks.{i}.fc1.weight"))
+                       for i in range(depth)]}
+
+
+def uniform_at(budget: int) -> tuple[dict, int]:
+    """The smallest uniform width multiplier whose MACs reach the budget."""
+    for m in np.arange(0.2, 1.0001, 0.01):
+        w = {"dim": max(1, round(SEED["dim"] * m)), "blocks": [(max(1, round(hd * m)), max(1, round(f * m)))
+                                                             for hd, f in SEED["blocks"]]}
+        c = macs(w)
+        if c >= budget:
+            return w, c
+    return SEED, macs(SEED)
+
+
+def retrain(widths: dict, train_set, test_set, epochs: int, seeds: int) -> list[float]:
+    """Train the structure from scratch, once per seed (MorphNet retrains the learned structure)."""
+    out = []
+    for s in range(seeds):
+        torch.manual_seed(s)
+        out.append(accuracy(train(DigitsViT(widths), train_set, epochs, s), test_set))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "digits_vit")
     p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--finetune", type=int, default=15, help="epochs without the penalty after the shrink")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--strengths", default="2e-8,5e-8,1e-7", help="FLOP penalty strengths")
+    p.add_argument("--strengths", default="5e-7,7e-7", help="FLOP penalty strengths")
     p.add_argument("--threshold", type=float, default=0.01)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     train_set, test_set = data()
     t0 = time.time()
-    seed_accs = [accuracy(train(DigitsViT(), train_set, args.epochs, s), test_set) for s in range(args.seeds)]
-    seed_macs = morphonnx.cost_model(morphonnx.load(export_bn_kept(DigitsViT().eval(), EXAMPLE))).total("macs")
+    seed_macs = macs(SEED)
+    seed_accs = retrain(SEED, train_set, test_set, args.epochs, args.seeds)
+    rows = [{"kind": "seed", "widths": SEED, "macs": seed_macs, "accs": seed_accs}]
     print(f"seed: {np.mean(seed_accs):.4f} ± {np.std(seed_accs):.4f}, {seed_macs} MACs ({time.time() - t0:.0f}s)")
-    rows = []
     for strength in [float(v) for v in args.strengths.split(",")]:
-        for s in range(args.seeds):
-            torch.manual_seed(s)
-            model = DigitsViT()
-            reg = Regularizer(model, EXAMPLE, resource="flops", threshold=args.threshold)
-            train(model, train_set, args.epochs, s, reg, strength)
-            penalized = accuracy(model, test_set)
-            frozen = dead_entries(model, reg)
-            with torch.no_grad():
-                for name, keep in frozen.items():
-                    dict(model.named_parameters())[name].mul_(keep)
-            train(model, train_set, args.finetune, s, frozen=frozen, lr=LR / 5)
-            with tempfile.TemporaryDirectory() as tmp:
-                row = prune(model, reg, Path(tmp), test_set)
-            row.update(strength=strength, seed=s, penalized_acc=penalized, torch_acc=accuracy(model, test_set),
-                       macs_share=row["macs"] / seed_macs)
-            rows.append(row)
-            print(f"strength {strength:g} seed {s}: {row['macs_share']:.1%} of the MACs, accuracy "
-                  f"{row['onnx_acc']:.4f} (onnxruntime, pruned file; seed mean {np.mean(seed_accs):.4f}); "
-                  f"{row['check']} ({time.time() - t0:.0f}s)")
-    doc = {"seed": {"macs": int(seed_macs), "accs": seed_accs}, "runs": rows,
-           "settings": {k: str(v) for k, v in vars(args).items()}}
+        torch.manual_seed(0)
+        model = DigitsViT()
+        reg = Regularizer(model, EXAMPLE, resource="flops", threshold=args.threshold)
+        train(model, train_set, args.epochs, 0, reg, strength)
+        penalized = accuracy(model, test_set)
+        with torch.no_grad():  # the penalized net as its masks leave it: what the pruned file computes
+            params = dict(model.named_parameters())
+            for name, keep in reg.dead_entries().items():
+                params[name].mul_(keep)
+        with tempfile.TemporaryDirectory() as tmp:
+            row = prune(model, reg, Path(tmp), test_set)
+        widths = learned_widths(reg)
+        row.update(kind="morphnet", strength=strength, widths=widths, macs=macs(widths), penalized_acc=penalized,
+                   masked_acc=accuracy(model, test_set),
+                   accs=retrain(widths, train_set, test_set, args.epochs, args.seeds))
+        rows.append(row)
+        uni, uni_macs = uniform_at(row["macs"])
+        rows.append({"kind": "uniform", "strength": strength, "widths": uni, "macs": uni_macs,
+                     "accs": retrain(uni, train_set, test_set, args.epochs, args.seeds)})
+        print(f"strength {strength:g}: {row['macs'] / seed_macs:.1%} of the MACs ({widths}); pruned file "
+              f"{row['pruned_acc']:.4f} (= masked torch {row['masked_acc']:.4f}); retrained "
+              f"{np.mean(row['accs']):.4f}; uniform at {uni_macs / seed_macs:.1%}: {np.mean(rows[-1]['accs']):.4f}; "
+              f"{row['check']} ({time.time() - t0:.0f}s)")
+    doc = {"seed_macs": seed_macs, "rows": rows, "settings": {k: str(v) for k, v in vars(args).items()}}
     (args.out / "results.json").write_text(json.dumps(doc, indent=1))
-    lines = ["| strength | MACs (share of the seed's) | accuracy, pruned file in onnxruntime | vs seed mean | check |",
-             "|---|---|---|---|---|"]
-    for strength in sorted({r["strength"] for r in rows}):
-        rs = [r for r in rows if r["strength"] == strength]
-        share = np.mean([r["macs_share"] for r in rs])
-        acc = np.mean([r["onnx_acc"] for r in rs])
-        ok = all("max abs error" in r["check"] for r in rs)
-        lines.append(f"| {strength:g} | {np.mean([r['macs'] for r in rs]) / 1e6:.3f} M ({share:.1%}) | "
-                     f"{100 * acc:.2f}% ± {100 * np.std([r['onnx_acc'] for r in rs]):.2f} | "
-                     f"{100 * (acc - np.mean(seed_accs)):+.2f} points | {'passed' if ok else 'see JSON'} |")
-    head = (f"Seed ViT: {seed_macs / 1e6:.3f} M MACs, test accuracy {100 * np.mean(seed_accs):.2f}% ± "
-            f"{100 * np.std(seed_accs):.2f} over {args.seeds} seeds. Each row: mean over {args.seeds} seeds.\n\n")
-    (args.out / "results.md").write_text(head + "\n".join(lines) + "\n")
-    print(head + "\n".join(lines))
+    pct = lambda a: f"{100 * np.mean(a):.2f}% ± {100 * np.std(a):.2f}"
+    lines = ["| network | MACs (of the seed's) | widths: stream; per block head_dim/MLP | accuracy retrained "
+             f"({args.seeds} seeds) | vs seed | pruned file, no retraining |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        name = {"seed": "seed ViT", "morphnet": f"MorphNet, strength {r.get('strength', 0):g}",
+                "uniform": "uniform width multiplier"}[r["kind"]]
+        blocks = " ".join(f"{hd}/{f}" for hd, f in r["widths"]["blocks"])
+        pruned = f"{100 * r['pruned_acc']:.2f}% (check passed)" if "pruned_acc" in r else ""
+        lines.append(f"| {name} | {r['macs'] / 1e6:.3f} M ({r['macs'] / seed_macs:.0%}) | {r['widths']['dim']}; "
+                     f"{blocks} | {pct(r['accs'])} | {100 * (np.mean(r['accs']) - np.mean(seed_accs)):+.2f} points | "
+                     f"{pruned} |")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 

@@ -250,3 +250,67 @@ def test_apply_structure_on_the_digits_cnn():
     big = apply_structure(model, (x,), widths={"t1.0.weight": 40, "down.0.weight": 80})
     assert big.t1[0].out_channels == 40 and big.t2r[0].in_channels == 80 and big.fc.in_features == 40 + 48
     assert big(x).shape == (2, 10)
+
+
+def tiny_vit():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "morphnet_digits_vit", Path(__file__).resolve().parent.parent / "scripts" / "morphnet_digits_vit.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    return mod, mod.DigitsViT({"dim": 16, "blocks": [(4, 24), (4, 24)]}).eval()
+
+
+def test_transformer_groups_take_weight_norms_as_gammas():
+    """No BN: every group of a ViT (stream, MLP, q/k and v head_dims) gets the L2 norm of the
+    rows that write it (and its LayerNorm entries) as its gamma; a tensor is a valid example input."""
+    mod, model = tiny_vit()
+    reg = Regularizer(model, mod.EXAMPLE)  # a tensor, not a tuple
+    assert reg.program.learnable.sum() == len(reg.groups.groups) - 1  # all but the classifier
+    slots = reg.slot_gammas()
+    qkv = model.blocks[0].attn.qkv
+    rows = torch.cat([qkv.weight, qkv.bias[:, None]], 1).detach().double()
+    fc1 = model.blocks[0].fc1
+    expected_fc1 = torch.cat([fc1.weight, fc1.bias[:, None]], 1).detach().double().norm(dim=1).numpy()
+    src = reg.program.sources["blocks.0.fc1.weight"]
+    assert np.allclose(slots[src], expected_fc1)
+    q = reg.program.sources["blocks.0.attn.qkv.weight"]
+    d = 4 * 4  # heads × head_dim: q channel c and k channel c (row d + c) share one slot
+    assert q[0] == q[d] and np.isclose(slots[q[0]], float(torch.cat([rows[0], rows[d]]).norm()))
+    p = reg.penalty()
+    p.backward()
+    assert model.blocks[0].fc1.weight.grad.abs().sum() > 0 and model.embed.weight.grad.abs().sum() > 0
+    assert model.blocks[0].norm1.weight.grad.abs().sum() > 0  # the stream's LayerNorm scales go with it
+
+
+def test_dead_entries_make_torch_compute_the_pruned_file(tmp_path):
+    mod, model = tiny_vit()
+    reg = Regularizer(model, mod.EXAMPLE)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # kill a third of the MLP channels, head_dims and stream channels
+        for name, p in model.named_parameters():
+            if name.endswith(("fc1.weight", "qkv.weight", "embed.weight")):
+                p[torch.rand(p.shape[0], generator=gen) < 0.33] *= 1e-4
+    masks = reg.alive_masks()
+    assert sum(len(v) - sum(v) for v in masks.values()) > 0
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, keep in reg.dead_entries().items():
+            params[name].mul_(keep)
+        x = torch.rand(2, 1, 16, 16)
+        expected = model(x).numpy()
+    import onnx
+    onnx.save(mod.export_bn_kept(model, mod.EXAMPLE), str(tmp_path / "m.onnx"))
+    reg.save_masks(tmp_path / "masks.json")
+    g = morphonnx.load(tmp_path / "m.onnx")
+    gr = morphonnx.find_groups(g)
+    result = prune(gr, legalize(gr, masks_from_sources(gr, json.loads((tmp_path / "masks.json").read_text())["masks"])))
+    onnx.save(result.model, str(tmp_path / "p.onnx"))
+    assert check(g, result.oracle, str(tmp_path / "p.onnx")).ok
+    from morphonnx.oracle import session
+    got = np.concatenate([session(str(tmp_path / "p.onnx")).run(None, {g.inputs[0]: x[i:i + 1].numpy()})[0]
+                          for i in range(2)])
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert morphonnx.cost_model(morphonnx.load(result.model)).total("macs") < morphonnx.cost_model(g).total("macs")

@@ -197,3 +197,19 @@ def test_expand_steps_keep_heads_equal():
     gr = find_groups(__import__("morphonnx").load(vit()))
     q, _ = group_of(gr, "qkv", 0)
     assert group_steps(gr)[q.id] % H == 0
+
+
+def test_expand_writes_a_grown_transformer_with_heads_at_their_width(tmp_path):
+    import json
+    import subprocess
+    import sys
+    onnx.save(vit(), tmp_path / "vit.onnx")
+    (tmp_path / "none.json").write_text(json.dumps({"masks": {}}))
+    r = subprocess.run([sys.executable, "-m", "morphonnx", "expand", str(tmp_path / "vit.onnx"), "--masks",
+                        str(tmp_path / "none.json"), "--budget", "200%", "-o", str(tmp_path / "big.onnx")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    big = onnx.load(tmp_path / "big.onnx")
+    assert shape_const(big, "split_heads") == [1, N, 3, H, D]
+    inits = {t.name: t for t in big.graph.initializer}
+    assert inits["embed.weight"].dims[1] > C  # the stream grew

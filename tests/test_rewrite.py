@@ -340,10 +340,27 @@ def test_fold_into_a_gemm_whose_bias_is_not_a_constant(bias):
     assert len(fc.input) <= 3 and check(g, result.oracle, result.model).ok
 
 
-def stream_net(pos_const: bool) -> onnx.ModelProto:
+def layer_norm(x: str, g: str, b: str, y: str, name: str, decomposed: bool) -> list[onnx.NodeProto]:
+    """LayerNormalization over the last axis, or written out as the TorchScript exporter does below opset 17."""
+    from onnx import helper
+    if not decomposed:
+        return [helper.make_node("LayerNormalization", [x, g, b], [y], name=name, axis=-1)]
+    return [helper.make_node("ReduceMean", [x], [f"{name}.m"], name=f"{name}.mean", axes=[-1]),
+            helper.make_node("Sub", [x, f"{name}.m"], [f"{name}.d"], name=f"{name}.sub"),
+            helper.make_node("Pow", [f"{name}.d", "two"], [f"{name}.d2"], name=f"{name}.pow"),
+            helper.make_node("ReduceMean", [f"{name}.d2"], [f"{name}.v"], name=f"{name}.var", axes=[-1]),
+            helper.make_node("Add", [f"{name}.v", "eps"], [f"{name}.ve"], name=f"{name}.eps"),
+            helper.make_node("Sqrt", [f"{name}.ve"], [f"{name}.s"], name=f"{name}.sqrt"),
+            helper.make_node("Div", [f"{name}.d", f"{name}.s"], [f"{name}.n"], name=f"{name}.div"),
+            helper.make_node("Mul", [f"{name}.n", g], [f"{name}.g"], name=f"{name}.scale"),
+            helper.make_node("Add", [f"{name}.g", b], [y], name=f"{name}.shift")]
+
+
+def stream_net(pos_const: bool, decomposed: bool = False) -> onnx.ModelProto:
     """A transformer-like residual stream of 16 channels over 4 tokens: an embedding (MatMul +
     bias, and a position embedding when `pos_const`), two LayerNorm-MLP-residual blocks, a final
-    LayerNorm and a head. The stream's channels are tied through every LayerNorm."""
+    LayerNorm and a head. The stream's channels are tied through every LayerNorm (written out
+    in opset 14 when `decomposed`)."""
     from onnx import helper
 
     from conftest import init, model, tensor
@@ -357,8 +374,8 @@ def stream_net(pos_const: bool) -> onnx.ModelProto:
         s = "e2"
     for k in range(2):
         p = f"blk{k}"
-        nodes += [helper.make_node("LayerNormalization", [s, f"{p}.g", f"{p}.b"], [f"{p}.n"], name=f"{p}.ln", axis=-1),
-                  helper.make_node("MatMul", [f"{p}.n", f"{p}.w1"], [f"{p}.h"], name=f"{p}.fc1"),
+        nodes += layer_norm(s, f"{p}.g", f"{p}.b", f"{p}.n", f"{p}.ln", decomposed)
+        nodes += [helper.make_node("MatMul", [f"{p}.n", f"{p}.w1"], [f"{p}.h"], name=f"{p}.fc1"),
                   helper.make_node("Relu", [f"{p}.h"], [f"{p}.r"], name=f"{p}.act"),
                   helper.make_node("MatMul", [f"{p}.r", f"{p}.w2"], [f"{p}.o"], name=f"{p}.fc2"),
                   helper.make_node("Add", [f"{p}.o", f"{p}.b2"], [f"{p}.ob"], name=f"{p}.fc2.bias"),
@@ -366,10 +383,12 @@ def stream_net(pos_const: bool) -> onnx.ModelProto:
         inits += [init(f"{p}.g", (16,), 10 + k), init(f"{p}.b", (16,), 20 + k), init(f"{p}.w1", (16, 24), 30 + k),
                   init(f"{p}.w2", (24, 16), 40 + k), init(f"{p}.b2", (16,), 50 + k)]
         s = f"{p}.s"
-    nodes += [helper.make_node("LayerNormalization", [s, "ln.g", "ln.b"], ["n"], name="final.ln", axis=-1),
-              helper.make_node("MatMul", ["n", "head"], ["y"], name="head")]
+    nodes += layer_norm(s, "ln.g", "ln.b", "n", "final.ln", decomposed)
+    nodes += [helper.make_node("MatMul", ["n", "head"], ["y"], name="head")]
     inits += [init("ln.g", (16,), 60), init("ln.b", (16,), 61), init("head", (16, 5), 62)]
-    return model(nodes, [tensor("x", [1, 4, 8])], [tensor("y", [1, 4, 5])], inits)
+    if decomposed:
+        inits += [init("two", (), value=2.0), init("eps", (), value=1e-5)]
+    return model(nodes, [tensor("x", [1, 4, 8])], [tensor("y", [1, 4, 5])], inits, opset=14 if decomposed else 17)
 
 
 @pytest.mark.parametrize("pos_const", [False, True])
@@ -396,6 +415,33 @@ def test_layer_norm_stream_prunes_exactly(pos_const, tmp_path):
     assert len(removed) == 3  # each norm sees the removed channels' values again: the position embedding's
     assert any(np.any(v) for v in removed) == pos_const
     random_prune_ok(stream_net(pos_const))
+
+
+def test_written_out_layer_norm_stream_prunes_exactly(tmp_path):
+    """Below opset 17 TorchScript writes LayerNorm as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/
+    Mul/Add: pruned like LayerNormalization (removed values appended, scale and bias 0 there)."""
+    g = morphonnx.load(stream_net(True, decomposed=True))
+    gr = find_groups(g)
+    assert next(grp for grp in gr.groups if grp.size == 16).pinned is None
+    result = prune(gr, masks_from_sources(gr, {"embed": [1, 0] * 8}))
+    path = tmp_path / "pruned.onnx"
+    onnx.save(result.model, str(path))
+    c = check(g, result.oracle, str(path))
+    assert c.ok and c.relative < 1e-5, c.describe()
+    written = onnx.load(str(path))
+    assert {t.name: list(t.dims) for t in written.graph.initializer}["w0"] == [8, 8]
+    assert "LayerNormalization" not in {n.op_type for n in written.graph.node}
+    random_prune_ok(stream_net(False, decomposed=True))
+
+
+def test_written_out_layer_norm_without_scale_pins():
+    """No per-channel scale: a removed channel would output its normalized value, not 0."""
+    m = stream_net(False, decomposed=True)
+    for n in m.graph.node:
+        if n.op_type == "Mul" and n.input[1].endswith(".g"):
+            n.input[1] = "two"
+    gr = find_groups(morphonnx.load(m))
+    assert next(grp for grp in gr.groups if grp.size == 16).pinned
 
 
 def test_bn_reading_one_initializer_at_two_inputs_is_cut_once():

@@ -116,6 +116,10 @@ class Regularizer(GammaRegularizer):
             "base_alive": np.where(p.learnable, 0.0, p.group_size),
             **{f"{k}{j}": getattr(f, k) for j, f in enumerate(p.forms) for k in "abcd"},
         }
+        self._silenced = _silenced_params(self, params) if norms else []
+        self._index["extra_slot"] = torch.as_tensor(
+            np.concatenate([sl for _, _, sl in self._silenced]) if self._silenced else np.zeros(0, np.int64),
+            dtype=torch.long)
         self._cache: tuple | None = None
 
     def _tensors(self, device, dtype) -> tuple[dict, dict]:
@@ -146,7 +150,12 @@ class Regularizer(GammaRegularizer):
         bn = zeros.scatter_reduce(0, idx, torch.cat(bn_parts), reduce="amax", include_self=True)[:n]
         if not any(v is not None for v in self._norm_of):
             return bn
-        sq = zeros.index_add(0, idx, torch.cat(sq_parts))[:n]
+        sq = zeros.index_add(0, idx, torch.cat(sq_parts))
+        if self._silenced:  # a stream norm's scale and bias at the channel go with it
+            extra = [((g.detach() if detach else g).to(dtype).pow(2)).movedim(axis, 0).reshape(g.shape[axis], -1).sum(1)
+                     for g, axis, _ in self._silenced]
+            sq = sq.index_add(0, ints["extra_slot"], torch.cat(extra))
+        sq = sq[:n]
         return torch.maximum(bn, torch.sqrt(sq + 1e-12))  # (a slot has BN gammas or weights, not both)
 
     def _io(self, ints: dict, floats: dict, per_group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,9 +200,72 @@ class Regularizer(GammaRegularizer):
                     out[s.weight or s.node] = [float(v) for v in params[bias].detach().cpu().reshape(-1)]
         return out
 
+    def dead_entries(self) -> dict[str, torch.Tensor]:
+        """Per parameter, a 0/1 tensor of its shape: 0 where the pruned model (the oracle of the
+        learned masks, legalized) has no entry or a silenced one: the rows of removed channels
+        in their Linear/Conv weights and biases, a stream LayerNorm's scale and bias at removed
+        channels. Multiply the parameters by it to make the torch model compute what the pruned
+        ONNX model computes (e.g. to fine-tune the shrunk network with the dead channels held at 0)."""
+        from ..masks import legalize, masks_from_sources
+        from ..oracle import removed_by_tensor
+        groups, params = self.groups, dict(self.model.named_parameters())
+        masks = legalize(groups, masks_from_sources(groups, self.alive_masks()))
+        removed = removed_by_tensor(groups, masks)
+        out: dict[str, torch.Tensor] = {}
+
+        def zero(name: str, axis: int, dead: np.ndarray) -> None:
+            if name not in params or not len(dead) or params[name].shape[axis] <= int(dead.max()):
+                return
+            mask = out.setdefault(name, torch.ones_like(params[name], dtype=torch.float32))
+            index = [slice(None)] * mask.ndim
+            index[axis] = torch.as_tensor(dead)
+            mask[tuple(index)] = 0
+        for src, (axis, bias) in ((s, n) for s in groups.plan.sources for n in [_norm_axis(self, s)] if n):
+            dead = removed.get(src.tensor)
+            if dead is not None:
+                zero(src.weight, axis, dead)
+                if bias is not None:
+                    zero(bias, 0, dead)
+        for sl in groups.plan.silenced:
+            dead = removed.get(sl.tensor)
+            if dead is not None:
+                zero(self.graph.nodes[sl.node].input[sl.input], sl.axis, dead)
+        return out
+
     def save_masks(self, path: str | os.PathLike) -> None:
         """Write the masks file `morphonnx prune --masks` reads (it also applies to the BN-folded export)."""
         write_text(path, json.dumps({"masks": self.alive_masks(), "silenced": self.silenced()}))
+
+
+def _silenced_params(reg: "Regularizer", params: dict) -> list[tuple[torch.Tensor, int, np.ndarray]]:
+    """Parameters the oracle zeroes with a channel (a stream LayerNorm's scale and bias), with
+    the slot of each entry along their channel axis (the sentinel slot for channels that have none)."""
+    p, groups = reg.program, reg.groups
+    n = len(p.slot_group)
+    first = {int(g): int(np.argmax(p.slot_group == g)) for g in np.unique(p.slot_group)}
+    out = []
+    for sl in groups.plan.silenced:
+        name = reg.graph.nodes[sl.node].input[sl.input]
+        if name not in params or params[name].shape[sl.axis] != groups.plan.spaces[sl.tensor].size:
+            continue
+        eg = groups.element_group[groups.plan.ids(sl.tensor)]
+        slots = np.array([first[g] + k if g in first else n for g, k in eg.tolist()], dtype=np.int64)
+        out.append((params[name], sl.axis, slots))
+    return out
+
+
+def _norm_axis(reg: "Regularizer", s) -> tuple[int, str | None] | None:
+    """(output axis, bias name) of a weight source's torch parameter, None if it is not one."""
+    params = dict(reg.model.named_parameters())
+    if s.kind != "weight" or s.weight not in params:
+        return None
+    prefix = s.weight.rpartition(".")[0]
+    layer = reg.model.get_submodule(prefix) if prefix else reg.model
+    axis = 1 if isinstance(layer, torch.nn.modules.conv._ConvTransposeNd) else 0
+    if params[s.weight].shape[axis] != reg.groups.plan.spaces[s.tensor].size:
+        return None
+    bias = f"{prefix}.bias" if prefix else "bias"
+    return axis, bias if bias in params else None
 
 
 def _weight_gammas(groups, module: torch.nn.Module, params: dict) -> dict[str, tuple[str, int, object]]:

@@ -103,6 +103,8 @@ class ChannelPlan:
     layouts: dict[str, object] = field(default_factory=dict)
     # (tensor, channels [blocks, per block]): blocks that must keep equal counts, at least one each
     equal_blocks: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    # reductions over channels that belong to a written-out LayerNorm (its variance), not pins
+    norm_parts: set[str] = field(default_factory=set)
     # set by finalize():
     rep: dict[str, str] = field(default_factory=dict)
     base: dict[str, int] = field(default_factory=dict)

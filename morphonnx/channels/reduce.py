@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import TieContext, register
+from . import Slicing, TieContext, register
 
 REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
@@ -33,6 +33,11 @@ def reduce(ctx: TieContext) -> None:
     if xs is None:
         return
     axes = _axes(ctx, len(xshape))
+    if ctx.node.name in ctx.plan.norm_parts:  # the variance of a decomposed LayerNorm (below)
+        return
+    if axes == [xs.axis] == [len(xshape) - 1] and xs.block == 1 and ctx.node.op_type == "ReduceMean" \
+            and _decomposed_norm(ctx, x):
+        return
     if axes is None or xs.axis in axes:
         return ctx.pin(x, f"{ctx.where} reduces over channels")
     keep = int(ctx.attr("keepdims", 1))
@@ -94,6 +99,106 @@ def _stream_norm(ctx: TieContext, x: str, out: str, xs) -> None:
     ctx.hook(layer_norm_hook)
 
 
+def _decomposed_norm(ctx: TieContext, x: str) -> bool:
+    """A LayerNormalization over the last (channel) axis written out, as the TorchScript exporter
+    does below opset 17: m = ReduceMean(x); d = x - m; v = ReduceMean(d²); y = d / Sqrt(v + eps)
+    · scale + bias. Pruned exactly like LayerNormalization (`_stream_norm`); False (nothing
+    declared) if the ops around this mean are not that."""
+    g = ctx.graph
+    one = lambda t, ops: [g.nodes[u] for u in g.consumers.get(t, []) if g.nodes[u].op_type in ops]
+    mean = ctx.output(0)
+    sub = [n for n in one(mean, ("Sub",)) if list(n.input) == [x, mean]]
+    if len(sub) != 1 or ctx.attr("keepdims", 1) == 0:
+        return False
+    d = sub[0].output[0]
+    sq = [n for n in one(d, ("Pow", "Mul")) if (n.op_type == "Mul" and list(n.input) == [d, d])
+          or (n.op_type == "Pow" and ctx.value(n.input[1]) is not None and float(ctx.value(n.input[1])) == 2.0)]
+    div = one(d, ("Div",))
+    if len(sq) != 1 or len(div) != 1 or len(g.consumers.get(d, [])) != 2:
+        return False
+    var = one(sq[0].output[0], ("ReduceMean",))
+    eps = one(var[0].output[0], ("Add",)) if len(var) == 1 else []
+    root = one(eps[0].output[0], ("Sqrt",)) if len(eps) == 1 else []
+    if not root or list(div[0].input) != [d, root[0].output[0]] or list(var[0].attribute) != list(ctx.node.attribute) \
+            or list(var[0].input[1:]) != list(ctx.node.input[1:]):
+        return False
+    scale = one(div[0].output[0], ("Mul",))
+    bias = one(scale[0].output[0], ("Add",)) if len(scale) == 1 else []
+    c = ctx.space(x).size
+    vec = lambda n: next((i for i, t in enumerate(n.input) if ctx.is_constant(t) and ctx.shape(t) in ((c,),)), None)
+    if len(scale) != 1 or vec(scale[0]) is None or len(g.consumers.get(div[0].output[0], [])) != 1:
+        return False  # no per-channel scale: the removed channels would not output 0
+    parts = [scale[0]] + (bias if len(bias) == 1 and vec(bias[0]) is not None
+                          and len(g.consumers.get(scale[0].output[0], [])) == 1 else [])
+    ctx.plan.norm_parts.add(var[0].name)
+    out = parts[-1].output[0]
+    for n in parts:
+        ctx.plan.silenced.append(Slicing(vec(n), 0, out, node=n.name))
+    ctx.consume(0, raw=True)
+    ctx.hook(_decomposed_hook(sub[0].name, [n.name for n in parts]))
+    return True
+
+
+def _decomposed_hook(sub: str, parts: list[str]):
+    """The written-out LayerNorm over C' of C channels: the removed channels' values are appended
+    to its input (as `layer_norm_hook` does), scale and bias get 0 there, the kept channels are
+    sliced out after the last op."""
+    def hook(rw) -> None:
+        import onnx_graphsurgeon as gs
+        x = rw.node.inputs[0]
+        kept = rw.kept(x)
+        if kept is None or rw.rw.norm_values is None:
+            return
+        full, r = _with_removed(rw, x)
+        rw.node.inputs[0] = full
+        nodes = rw.rw.nodes
+        nodes[sub].inputs[0] = full
+        for name in parts:
+            n = nodes[name]
+            i = next(i for i, t in enumerate(n.inputs) if isinstance(t, gs.Constant))
+            v = np.asarray(n.inputs[i].values)
+            n.inputs[i] = gs.Constant(f"{name}.padded", np.concatenate([v, np.zeros(r, v.dtype)]))
+        last = nodes[parts[-1]]
+        y = last.outputs[0]
+        wide = gs.Variable(f"{parts[-1]}.all_channels", dtype=y.dtype)
+        last.outputs = [wide]
+        _slice_kept(rw, wide, y, len(kept), parts[-1])
+    return hook
+
+
+def _with_removed(rw, x) -> tuple:
+    """x with the removed channels' values (at the raw consumer `rw.node`) appended on its last
+    axis: (the new tensor, how many were appended)."""
+    import onnx_graphsurgeon as gs
+    name, r = rw.node.name, rw.size(x) - len(rw.kept(x))
+    dtype = np.dtype(x.dtype) if x.dtype is not None else np.float32
+    rank = len(x.shape) if x.shape is not None else len(rw.rw.groups.graph.static_shape(x.name, "norm input"))
+    values = rw.rw.norm_values.get(name)
+    values = np.zeros([1] * (rank - 1) + [r], dtype=dtype) if values is None else np.asarray(values, dtype=dtype)
+
+    def add(op: str, inputs, label: str, dt=None, **attrs):
+        out = gs.Variable(f"{name}.{label}", dtype=dt if dt is not None else x.dtype)
+        rw.rw.gs_graph.nodes.append(gs.Node(op, f"{out.name}.op", attrs, list(inputs), [out]))
+        return out
+
+    shape_x = add("Shape", [x], "shape", np.int64)  # (Shape's `end` needs opset 15)
+    lead = add("Slice", [shape_x, gs.Constant(f"{name}.lead_start", np.array([0], dtype=np.int64)),
+                         gs.Constant(f"{name}.lead_stop", np.array([-1], dtype=np.int64))], "lead", np.int64)
+    shape = add("Concat", [lead, gs.Constant(f"{name}.removed_count", np.array([r], dtype=np.int64))],
+                "removed_shape", np.int64, axis=0)
+    removed = add("Expand", [gs.Constant(f"{name}.removed_values", values), shape], "removed")
+    return add("Concat", [x, removed], "all_channels", axis=-1), r
+
+
+def _slice_kept(rw, wide, y, kept: int, name: str) -> None:
+    """y = the first `kept` channels of `wide` (last axis)."""
+    import onnx_graphsurgeon as gs
+    rw.rw.gs_graph.nodes.append(gs.Node("Slice", f"{name}.kept", {}, [
+        wide, gs.Constant(f"{name}.start", np.array([0], dtype=np.int64)),
+        gs.Constant(f"{name}.stop", np.array([kept], dtype=np.int64)),
+        gs.Constant(f"{name}.axis", np.array([-1], dtype=np.int64))], [y]))
+
+
 def layer_norm_hook(rw) -> None:
     """The pruned LayerNormalization over C' of C channels, exactly as the original over C: the
     removed channels' values at its input (input-independent: 0 when silenced, a position
@@ -106,31 +211,14 @@ def layer_norm_hook(rw) -> None:
     kept = rw.kept(x)
     if kept is None or rw.rw.norm_values is None:  # nothing removed, or a grown model: a plain LayerNorm
         return
-    c, r, name = rw.size(x), rw.size(x) - len(kept), node.name
+    full, r = _with_removed(rw, x)
     dtype = np.asarray(node.inputs[1].values).dtype
-    rank = len(x.shape) if x.shape is not None else len(rw.rw.groups.graph.static_shape(x.name, "LayerNorm input"))
-    values = rw.rw.norm_values.get(name)
-    values = np.zeros([1] * (rank - 1) + [r], dtype=dtype) if values is None else np.asarray(values, dtype=dtype)
 
-    def var(label: str, dt=None) -> gs.Variable:
-        return gs.Variable(f"{name}.{label}", dtype=dt if dt is not None else x.dtype)
+    def pad(t, label: str):  # 0 at the appended channels
+        return gs.Constant(f"{node.name}.{label}", np.concatenate([np.asarray(t.values, dtype=dtype), np.zeros(r, dtype)]))
 
-    def add(op: str, inputs, out: gs.Variable, **attrs) -> gs.Variable:
-        rw.rw.gs_graph.nodes.append(gs.Node(op, f"{out.name}.op", attrs, list(inputs), [out]))
-        return out
-
-    lead = add("Shape", [x], var("lead", np.int64), end=-1)
-    shape = add("Concat", [lead, gs.Constant(f"{name}.removed_count", np.array([r], dtype=np.int64))],
-                var("removed_shape", np.int64), axis=0)
-    removed = add("Expand", [gs.Constant(f"{name}.removed_values", values), shape], var("removed"))
-    full = add("Concat", [x, removed], var("all_channels"), axis=-1)
-    def pad(t: gs.Constant, label: str) -> gs.Constant:  # 0 at the appended channels
-        return gs.Constant(f"{name}.{label}", np.concatenate([np.asarray(t.values, dtype=dtype), np.zeros(r, dtype)]))
-
-    normed = var("normalized")
+    normed = gs.Variable(f"{node.name}.normalized", dtype=x.dtype)
     node.inputs = [full, pad(node.inputs[1], "scale_all")] + (
         [pad(node.inputs[2], "bias_all")] if len(node.inputs) > 2 and node.inputs[2].name else [])
     node.outputs = [normed]
-    add("Slice", [normed, gs.Constant(f"{name}.start", np.array([0], dtype=np.int64)),
-                  gs.Constant(f"{name}.stop", np.array([c - r], dtype=np.int64)),
-                  gs.Constant(f"{name}.axis", np.array([-1], dtype=np.int64))], y)
+    _slice_kept(rw, normed, y, len(kept), node.name)
