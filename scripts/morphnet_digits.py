@@ -93,7 +93,7 @@ def data(seed: int = 0):
 
 
 def train(model: nn.Module, train_set, epochs: int, seed: int, reg: Regularizer | None = None,
-          strength: float = 0.0) -> nn.Module:
+          strength: float = 0.0, lr: float = LR, weight_decay: float = WEIGHT_DECAY) -> nn.Module:
     """SGD with Nesterov momentum, cosine schedule, L2 on conv/linear weights (not on BN or biases).
 
     The L2 is part of MorphNet's recipe, not decoration: BN makes a conv's output invariant to the
@@ -103,8 +103,8 @@ def train(model: nn.Module, train_set, epochs: int, seed: int, reg: Regularizer 
     x, y = train_set
     weights = [p for p in model.parameters() if p.ndim > 1]
     others = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": weights, "weight_decay": WEIGHT_DECAY}, {"params": others, "weight_decay": 0}],
-                          lr=LR, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD([{"params": weights, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0}],
+                          lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     model.train()
     for _ in range(epochs):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,8 +33,12 @@ import morphonnx
 from morphonnx.torch import Regularizer, export_bn_kept
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import morphnet_digits as digits_cnn  # noqa: E402  (the CNN study: data, training recipe, helpers)
+from morphnet_digits import accuracy, data, morphonnx_cli  # noqa: E402
+
 EXAMPLE = torch.zeros(1, 1, 16, 16)
-LR, WEIGHT_DECAY, BATCH = 0.02, 1e-4, 64
+LR, WEIGHT_DECAY = 0.02, 1e-4  # transformers train less stably than the CNN at 0.05
 
 
 class Attention(nn.Module):
@@ -90,53 +93,10 @@ class DigitsViT(nn.Module):
         return self.head(self.norm(x).mean(1))
 
 
-def data(seed: int = 0):
-    """Digits upsampled to 16x16, a stratified 70/30 split (as scripts/morphnet_digits.py)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=16, mode="bilinear", align_corners=False)
-    y = torch.tensor(d.target)
-    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=d.target)
-    return (x[idx_train], y[idx_train]), (x[idx_test], y[idx_test])
-
-
 def train(model: nn.Module, train_set, epochs: int, seed: int, reg: Regularizer | None = None,
-          strength: float = 0.0, lr: float = LR) -> nn.Module:
-    """SGD with Nesterov momentum, cosine schedule, L2 on the weights."""
-    torch.manual_seed(seed)
-    x, y = train_set
-    weights = [p for p in model.parameters() if p.ndim > 1]
-    others = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": weights, "weight_decay": WEIGHT_DECAY}, {"params": others, "weight_decay": 0}],
-                          lr=lr, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(y))
-        for i in range(0, len(y), BATCH):
-            b = perm[i:i + BATCH]
-            loss = F.cross_entropy(model(x[b]), y[b])
-            if reg is not None:
-                loss = loss + strength * reg.penalty()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sched.step()
-    return model.eval()
-
-
-def accuracy(model: nn.Module, test_set) -> float:
-    with torch.no_grad():
-        return float((model(test_set[0]).argmax(1) == test_set[1]).float().mean())
-
-
-def morphonnx_cli(*args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "morphonnx", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"morphonnx {args[0]} failed: {r.stderr.strip()}")
-    return r.stdout
+          strength: float = 0.0) -> nn.Module:
+    """The CNN study's recipe (SGD, Nesterov, cosine schedule, L2 on the weights) at this study's rate."""
+    return digits_cnn.train(model, train_set, epochs, seed, reg, strength, lr=LR, weight_decay=WEIGHT_DECAY)
 
 
 def onnx_accuracy(path: Path, test_set) -> float:
