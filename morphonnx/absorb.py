@@ -161,7 +161,9 @@ def zero_when_silenced(groups: Groups, masks: Masks) -> set[str]:
         spaced = [t for t in node.input if t in plan.spaces]
         if not spaced or not all(t in zero for t in spaced):
             continue
-        if node.op_type in ("Add", "Sub", "Sum") and len(spaced) != len([t for t in node.input if t]):
+        if node.op_type in ("Add", "Sub", "Sum", "Concat") and any(
+                t and t not in plan.spaces and not (graph.is_constant(t) and not np.any(graph.array(t)))
+                for t in node.input):  # another operand (a class token joined to the tokens) adds its values
             continue
         zero.update(outs)
     return zero

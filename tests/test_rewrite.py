@@ -434,6 +434,29 @@ def test_written_out_layer_norm_stream_prunes_exactly(tmp_path):
     random_prune_ok(stream_net(False, decomposed=True))
 
 
+def test_class_token_joined_to_the_stream_enters_the_norms_statistics(tmp_path):
+    """A class token concatenated to the tokens (no position embedding after it): a removed
+    stream channel holds the token's value at position 0, which the norms must still see
+    (found on timm's BEiT and CoaT, where it was taken for a zero)."""
+    from onnx import helper
+
+    from conftest import init, model, tensor
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["e0"], name="embed"),
+             helper.make_node("Add", ["e0", "b0"], ["e1"], name="embed.bias"),
+             helper.make_node("Concat", ["cls", "e1"], ["t"], name="join", axis=1),
+             helper.make_node("LayerNormalization", ["t", "g", "b"], ["n"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["n", "head"], ["y"], name="head")]
+    inits = [init("w0", (8, 16), 1), init("b0", (16,), 2), init("cls", (1, 1, 16), 3), init("g", (16,), 4),
+             init("b", (16,), 5), init("head", (16, 5), 6)]
+    g = morphonnx.load(model(nodes, [tensor("x", [1, 4, 8])], [tensor("y", [1, 5, 5])], inits))
+    gr = find_groups(g)
+    result = prune(gr, masks_from_sources(gr, {"embed": [1, 0] * 8}))
+    path = tmp_path / "pruned.onnx"
+    onnx.save(result.model, str(path))
+    c = check(g, result.oracle, str(path))
+    assert c.ok and c.relative < 1e-5, c.describe()
+
+
 def test_written_out_layer_norm_without_scale_pins():
     """No per-channel scale: a removed channel would output its normalized value, not 0."""
     m = stream_net(False, decomposed=True)
