@@ -213,3 +213,26 @@ def test_expand_writes_a_grown_transformer_with_heads_at_their_width(tmp_path):
     assert shape_const(big, "split_heads") == [1, N, 3, H, D]
     inits = {t.name: t for t in big.graph.initializer}
     assert inits["embed.weight"].dims[1] > C  # the stream grew
+
+
+def test_head_dim_sliced_into_q_k_v_parts():
+    """TorchScript's MaxViT: q, k and v cut out of each head's [q | k | v] by Slices."""
+    n = tokens()
+    x = linear(n, "x", 16, C, "embed")
+    kd, vd = 2, 4
+    per = 2 * kd + vd
+    r = n.node("Reshape", [linear(n, x, C, H * per, "qkv"), i64(n, [1, N, H, per])], "split_heads")
+    r = n.node("Transpose", [r], "heads", perm=[0, 2, 1, 3])
+    cut = lambda a, b, name: n.node("Slice", [r, i64(n, [a]), i64(n, [b]), i64(n, [3])], name)
+    q, k, v = cut(0, kd, "q"), cut(kd, 2 * kd, "k"), cut(2 * kd, per, "v")
+    kt = n.node("Transpose", [k], "kt", perm=[0, 1, 3, 2])
+    attn = n.node("Softmax", [n.node("MatMul", [q, kt], "scores")], "softmax", axis=-1)
+    o = n.node("Transpose", [n.node("MatMul", [attn, v], "mix")], "back", perm=[0, 2, 1, 3])
+    merged = n.node("Reshape", [o, i64(n, [1, N, H * vd])], "merge")
+    gr = random_prune_ok(finish(n, n.node("Add", [x, linear(n, merged, H * vd, C, "proj")], "res")), seeds=(0, 1, 2, 3))
+    assert group_of(gr, "qkv", 1) == group_of(gr, "qkv", kd + 1)
+    assert group_of(gr, "qkv", 1)[0].pinned is None and group_of(gr, "merge", vd + 1) == group_of(gr, "qkv", per + 2 * kd + 1)
+    masks = legalize(gr, random_masks(gr, 3))
+    result = prune(gr, masks)
+    bounds = {x.name: x for x in result.model.graph.node if x.op_type == "Slice"}
+    assert set(bounds) >= {"q", "k", "v"}

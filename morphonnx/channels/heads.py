@@ -289,6 +289,9 @@ def _gather(ctx: TieContext) -> None:
 
 
 def _slice(ctx: TieContext) -> None:
+    """A step-1 Slice of head axes; of head_dim too (q, k and v cut out of each head, as
+    TorchScript exports MaxViT): that part keeps as many channels in every head, and the
+    bounds follow the kept channels."""
     lay, x = _layout(ctx, 0), ctx.input(0)
     xshape = ctx.shape(x)
     consts = [ctx.value(ctx.input(i)) if ctx.input(i) else None for i in range(1, 5)]
@@ -296,13 +299,34 @@ def _slice(ctx: TieContext) -> None:
         raise Unsupported(f"{ctx.where} has non-constant bounds")
     axes = consts[2] if consts[2] is not None else np.arange(len(consts[0]))
     steps = consts[3] if consts[3] is not None else np.ones(len(consts[0]), dtype=np.int64)
-    for s, e, a, st in zip(consts[0], consts[1], axes, steps):
+    minor = None
+    for k, (s, e, a, st) in enumerate(zip(consts[0], consts[1], axes, steps)):
         a = int(a) % len(xshape)
         start, stop, step = slice(int(s), int(e), int(st)).indices(xshape[a])
         if lay.factor_at(a) is not None and step != 1:
             raise Unsupported(f"{ctx.where} slices heads with a step")
-        lay = _select(lay, a, start, max(0, stop - start), ctx.where)
+        whole = lay.factor_at(a) == len(lay.factors) - 1 and (start, stop) != (0, xshape[a])
+        if whole and stop > start:
+            minor = (k, lay.run()[:start])
+        lay = _select(lay, a, start, max(0, stop - start), ctx.where, minor=whole)
+    if minor is not None:
+        ctx.plan.equal_blocks.append((lay.origin, lay.heads()))
+        ctx.hook(_slice_widths(lay.origin, minor[0], minor[1], lay.run()))
     _emit(ctx, ctx.output(0), lay)
+
+
+def _slice_widths(origin: str, k: int, before: np.ndarray, run: np.ndarray):
+    """Rewrite hook of a Slice of head_dim: entry k of the bounds covers the part's kept channels."""
+    def hook(rw) -> None:
+        width = kept_width(rw, origin, run)
+        if width is None:
+            return
+        start = kept_width(rw, origin, before)
+        starts, ends = rw.const(1).copy(), rw.const(2).copy()
+        starts[k], ends[k] = start, start + width
+        rw.set_const(1, starts)
+        rw.set_const(2, ends)
+    return hook
 
 
 def _split(ctx: TieContext) -> None:
