@@ -60,7 +60,8 @@ def all_alive(groups: Groups) -> Masks:
 def random_masks(groups: Groups, seed: int, share: float | tuple[float, float] = (0.1, 0.9)) -> Masks:
     """Random masks (not legalized): every unpinned group keeps each channel with probability
     `share` (or one drawn per group from the range), and at least one channel; the heads of an
-    attention keep the same head_dim channels. For trying a rewrite, benchmarks and tests."""
+    attention keep the same head_dim channels, and about a third of the heads that can go whole
+    go. For trying a rewrite, benchmarks and tests."""
     rng = np.random.default_rng(seed)
     masks = all_alive(groups)
     for g in groups.groups:
@@ -75,6 +76,15 @@ def random_masks(groups: Groups, seed: int, share: float | tuple[float, float] =
         for row in eg[1:]:
             for (gid, k), alive in zip(row.tolist(), first.tolist()):
                 masks.keep[gid][k] = alive
+    plan = groups.plan
+    for q, qr, k, kr, v, vr in plan.head_units:  # and some whole heads go (one stays)
+        n = len(qr)
+        dead = rng.random(n) < 0.3
+        dead[rng.integers(n)] = False
+        for t, rows in ((q, qr), (k, kr), (v, vr)):
+            for gid, ch in groups.element_group[plan.ids(t, rows[dead].ravel())].tolist():
+                if not groups.groups[gid].pinned:
+                    masks.keep[gid][ch] = False
     return masks
 
 
@@ -267,6 +277,9 @@ def legalize(groups: Groups, masks: Masks, multiple: int = 1, conv_groups: str =
     plan = groups.plan
     convs = {node: tuple(state.of_element[b] for b in plan.conv_blocks(node)) for node in plan.grouped_convs}
     heads = [(t, state.of_element[plan.ids(t, ch.ravel())].reshape(ch.shape)) for t, ch in plan.equal_blocks]
+    flat = lambda t, rows: state.of_element[plan.ids(t, rows.ravel())].reshape(rows.shape)
+    units = [np.concatenate([flat(q, qr), flat(k, kr), flat(v, vr)], axis=1)
+             for q, qr, k, kr, v, vr in plan.head_units]  # [heads, channels of q, k and v]
     dead = {node: _dead_conv_groups(state, ins, outs, conv_groups, multiple)
             for node, (ins, outs) in convs.items()}
     for node, (ins, outs) in convs.items():
@@ -283,8 +296,10 @@ def legalize(groups: Groups, masks: Masks, multiple: int = 1, conv_groups: str =
             live = [j for j in range(len(blocks[0])) if j not in dead[node]]
             for side in blocks:
                 changed |= _equalize(state, side[live], ("equal conv groups", node))
+        gone = _dead_heads(state, units)
         for tensor, blocks in heads:
-            changed |= _equalize(state, blocks, ("equal attention heads", tensor), minimum=1)
+            live = blocks[~np.isin(blocks, gone).all(axis=1)]
+            changed |= _equalize(state, live, ("equal attention heads", tensor), minimum=1)
         for node, (ins, outs) in convs.items():
             for j in sorted(dead[node]):
                 if state.alive[ins[j]].any() or state.alive[outs[j]].any():  # revived through a tie
@@ -361,6 +376,18 @@ def _dead_conv_groups(state: _Flat, ins: np.ndarray, outs: np.ndarray, mode: str
         if cost <= best_cost:
             best, best_cost = set(live), cost
     return dead | (set(range(n_groups)) - best)
+
+
+def _dead_heads(state: _Flat, units: list[np.ndarray]) -> np.ndarray:
+    """Channels of attention heads the masks remove whole (q, k and v), which go with their head;
+    every attention keeps one head at least."""
+    out = []
+    for unit in units:
+        dead = ~state.alive[unit].any(axis=1) & ~state.pinned[unit].any(axis=1)
+        if dead.all():
+            dead[0] = False
+        out += [unit[h] for h in np.flatnonzero(dead)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def _equalize(state: _Flat, blocks: np.ndarray, cause: tuple[str, str], minimum: int = 0) -> bool:

@@ -99,16 +99,20 @@ def test_pruned_heads_keep_equal_head_dims_and_the_reshapes_follow(tmp_path):
     assert d < D and shape_const(result.model, "merge_heads") == [1, N, H * d]
 
 
-def test_unequal_heads_are_legalized_with_at_least_one_channel_each():
+def test_unequal_heads_are_legalized_and_dead_heads_go_whole():
     gr = find_groups(__import__("morphonnx").load(vit()))
     masks = all_alive(gr)
     q, v = group_of(gr, "qkv", 0)[0], group_of(gr, "qkv", 2 * C)[0]
     for g in (q, v):  # (a fused q/k/v keeps as many in q, k and v: the blocks span both groups)
         masks.keep[g.id][:] = False
         masks.keep[g.id][[0, 1, D + 2]] = True  # head 0 keeps 2, head 1 keeps 1, heads 2 and 3 none
+    legal = legalize(gr, masks)  # heads 2 and 3 lose q, k and v: they go whole; head 1 gets 2
+    assert legal.keep[q.id].reshape(H, D).sum(axis=1).tolist() == [2, 2, 0, 0]
+    assert legal.keep[v.id].reshape(H, D).sum(axis=1).tolist() == [2, 2, 0, 0]
+    masks.keep[q.id][:] = False  # q and k of every head gone, v alive: no head goes
+    masks.keep[v.id][:] = True
     legal = legalize(gr, masks)
-    assert legal.keep[q.id].reshape(H, D).sum(axis=1).tolist() == [2, 2, 2, 2]
-    assert legal.keep[v.id].reshape(H, D).sum(axis=1).tolist() == [2, 2, 2, 2]
+    assert (legal.keep[q.id].reshape(H, D).sum(axis=1) > 0).all()
     assert any("equal attention heads" in w for w in legal.warnings)
 
 
@@ -190,6 +194,72 @@ def test_softmax_over_head_dim_pins_with_its_reason():
     merged = n.node("Reshape", [s, i64(n, [1, N, C])], "merge")
     gr = find_groups(__import__("morphonnx").load(finish(n, n.node("Add", [x, merged], "res"))))
     assert "runs over head_dim" in group_of(gr, "q")[0].pinned
+
+
+@pytest.mark.parametrize("build", ["vit", "separate", "levit"])
+def test_whole_heads_go(build, tmp_path):
+    """A head whose q, k and v channels all die is removed: the reshapes get fewer heads."""
+    import morphonnx
+    from morphonnx.verify import check
+    m = {"vit": vit, "separate": lambda: _separate(), "levit": lambda: _levit()}[build]()
+    g = morphonnx.load(m)
+    gr = find_groups(g)
+    assert len(gr.plan.head_units) == 1
+    masks = all_alive(gr)
+    q, qr, k, kr, v, vr = gr.plan.head_units[0]
+    for t, rows in ((q, qr), (k, kr), (v, vr)):
+        for gid, ch in gr.element_group[gr.plan.ids(t, rows[1].ravel())].tolist():
+            masks.keep[gid][ch] = False
+    result = prune(gr, legalize(gr, masks))
+    onnx.save(result.model, tmp_path / "p.onnx")
+    assert check(g, result.oracle, str(tmp_path / "p.onnx")).ok
+    merge = "merge_heads" if build == "vit" else "merge"
+    assert shape_const(result.model, merge)[-1] == (H - 1) * (4 if build == "levit" else D)
+    random_prune_ok(m, seeds=(0, 1, 2, 3))
+
+
+def test_a_bias_per_head_on_the_scores_keeps_every_head():
+    """Swin / BEiT add a relative-position bias per head to the scores: heads cannot go whole."""
+    n = tokens()
+    x = linear(n, "x", 16, C, "embed")
+    qkv = linear(n, x, C, 3 * C, "qkv")
+    t = n.node("Transpose", [n.node("Reshape", [qkv, i64(n, [1, N, 3, H, D])], "split_heads")], "th", perm=[2, 0, 3, 1, 4])
+    q, k, v = (n.node("Gather", [t, i64(n, i)], f"pick{i}", axis=0) for i in range(3))
+    s = n.node("Add", [n.node("MatMul", [q, n.node("Transpose", [k], "kt", perm=[0, 1, 3, 2])], "scores"),
+                       n.param((1, H, N, N), "rel_bias")], "biased")
+    o = n.node("MatMul", [n.node("Softmax", [s], "softmax", axis=-1), v], "mix")
+    merged = n.node("Reshape", [n.node("Transpose", [o], "back", perm=[0, 2, 1, 3]), i64(n, [1, N, C])], "merge")
+    gr = random_prune_ok(finish(n, n.node("Add", [x, linear(n, merged, C, C, "proj")], "res")))
+    assert gr.plan.head_units == [] and group_of(gr, "qkv", 0)[0].pinned is None
+
+
+def _separate() -> onnx.ModelProto:
+    n = tokens()
+    x = linear(n, "x", 16, C, "embed")
+    heads = {}
+    for name, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        r = n.node("Reshape", [linear(n, x, C, C, name), i64(n, [1, N, H, D])], f"{name}.split")
+        heads[name] = n.node("Transpose", [r], f"{name}.heads", perm=perm)
+    attn = n.node("Softmax", [n.node("MatMul", [heads["q"], heads["k"]], "scores")], "softmax", axis=-1)
+    o = n.node("Transpose", [n.node("MatMul", [attn, heads["v"]], "mix")], "back", perm=[0, 2, 1, 3])
+    merged = n.node("Reshape", [o, i64(n, [1, N, C])], "merge")
+    return finish(n, n.node("Add", [x, linear(n, merged, C, C, "proj")], "res"))
+
+
+def _levit() -> onnx.ModelProto:
+    n = tokens()
+    x = linear(n, "x", 16, C, "embed")
+    kd, vd = 2, 4
+    r = n.node("Reshape", [linear(n, x, C, H * (2 * kd + vd), "qkv"), i64(n, [1, N, H, 2 * kd + vd])], "split_heads")
+    q, k, v = n.node("Split", [r, i64(n, [kd, kd, vd])], "parts", outputs=3, axis=3)
+    q = n.node("Transpose", [q], "qh", perm=[0, 2, 1, 3])
+    k = n.node("Transpose", [k], "kh", perm=[0, 2, 3, 1])
+    v = n.node("Transpose", [v], "vh", perm=[0, 2, 1, 3])
+    attn = n.node("Softmax", [n.node("Mul", [n.node("MatMul", [q, k], "scores"), n.const(0.5)], "scale")],
+                  "softmax", axis=-1)
+    o = n.node("Transpose", [n.node("MatMul", [attn, v], "mix")], "back", perm=[0, 2, 1, 3])
+    merged = n.node("Reshape", [o, i64(n, [1, N, H * vd])], "merge")
+    return finish(n, n.node("Add", [x, linear(n, merged, H * vd, C, "proj")], "res"))
 
 
 def test_expand_steps_keep_heads_equal():

@@ -103,6 +103,11 @@ class ChannelPlan:
     layouts: dict[str, object] = field(default_factory=dict)
     # (tensor, channels [blocks, per block]): blocks that must keep equal counts, at least one each
     equal_blocks: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    # q·kᵀ scores on their way to attn·v → (heads axis, q origin, q rows, k origin, k rows)
+    scores: dict[str, tuple] = field(default_factory=dict)
+    # attentions whose heads can go whole: (q origin, q rows, k origin, k rows, v origin, v rows),
+    # rows [heads, head_dim] of origin channels
+    head_units: list[tuple] = field(default_factory=list)
     # reductions over channels that belong to a written-out LayerNorm (its variance), not pins
     norm_parts: set[str] = field(default_factory=set)
     # set by finalize():
@@ -295,6 +300,8 @@ def channel_plan(graph: Graph) -> ChannelPlan:
             rule(ctx)
         if plan.layouts and any(t in plan.layouts for t in node.input):
             heads.propagate(ctx)
+        if plan.scores and any(t in plan.scores for t in node.input):
+            heads.follow_scores(ctx)
     for name, node in graph.nodes.items():  # subgraphs (If, Loop, Scan) read outer tensors by name
         for t in sorted(outer_reads(node)):
             TieContext(plan, node).pin(t, f"read inside a subgraph of {node.op_type} '{name}'")

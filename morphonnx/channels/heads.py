@@ -45,17 +45,24 @@ class Factor:
 class Layout:
     """The channels of `origin` (a tensor with a plain channel space) spread over axes.
 
-    The last factor (head_dim) is the one the rewrite narrows: every head keeps as many of its
-    digits as the first one (`run`)."""
+    The last factor (head_dim) is the one the rewrite narrows: every live head keeps as many of
+    its digits (`head_rows`); the factor before it (the heads) loses the heads removed whole."""
 
     origin: str
     factors: tuple[Factor, ...]
 
-    def run(self) -> np.ndarray:
-        """The origin channels of the first head: the last factor's digits, the others at their first."""
+    def head_rows(self) -> np.ndarray:
+        """The origin channels of every head, [heads, head_dim]: the factor before head_dim along
+        its axis, the other factors at their first digit (all of head_dim when it has no such axis)."""
         axes, chans = self.grid()
         minor = axes.index(self.factors[-1].axis)
-        return np.moveaxis(chans, minor, -1).reshape(-1, chans.shape[minor])[0]
+        head = self.factors[-2].axis if len(self.factors) > 1 else None
+        keep = [minor] + ([axes.index(head)] if head is not None else [])
+        index = tuple(slice(None) if i in keep else 0 for i in range(chans.ndim))
+        sub = chans[index]
+        if head is None:
+            return sub.reshape(1, -1)
+        return sub if axes.index(head) < minor else sub.T
 
     def heads(self) -> np.ndarray:
         """The origin channels of every head, [heads, head_dim]."""
@@ -110,7 +117,7 @@ def split(ctx: TieContext, x: str, xs: Space, xshape, oshape) -> bool:
     lay = Layout(x, tuple(Factor(oshape[j], j, 0, oshape[j]) for j in outs))
     ctx.plan.equal_blocks.append((x, lay.heads()))
     _emit(ctx, ctx.output(0), lay)
-    ctx.hook(_minor_entry(outs[-1], x, lay.run()))
+    ctx.hook(_entries(x, lay.head_rows(), [(outs[-1], False, True, 1), (outs[-2], True, False, 1)]))
     return True
 
 
@@ -149,23 +156,35 @@ def _layout(ctx: TieContext, i: int) -> Layout | None:
     return ctx.plan.layouts.get(t) if t else None
 
 
-def kept_width(rw, origin: str, run: np.ndarray) -> int | None:
-    """How many of a head's channels `run` the rewrite keeps (None: all of the origin's)."""
+def kept_width(rw, origin: str, rows: np.ndarray) -> int | None:
+    """How many of its channels `rows` [heads, channels] every live head keeps (None: all of the origin's)."""
     kept = rw.kept(origin)
-    return None if kept is None else int(np.isin(run, kept).sum())
+    return None if kept is None else int(np.isin(rows, kept).sum(axis=1).max())
 
 
-def _minor_entry(axis: int, origin: str, run: np.ndarray, merged: int = 1):
-    """Rewrite hook of a Reshape: the entry of the output axis that holds the last factor
-    becomes the kept head_dim (times the full factors merged into that axis)."""
+def live_heads(rw, origin: str, rows: np.ndarray) -> tuple[int, int] | None:
+    """(head_dim kept by every live head, heads left) of `rows` [heads, head_dim] (None: nothing cut)."""
+    kept = rw.kept(origin)
+    if kept is None:
+        return None
+    alive = np.isin(rows, kept)
+    live = alive.any(axis=1)
+    return int(alive[live].sum(axis=1).max()) if live.any() else 0, int(live.sum())
+
+
+def _entries(origin: str, rows: np.ndarray, spec: list[tuple[int, bool, bool, int]]):
+    """Rewrite hook of a Reshape on heads: output axis `axis` becomes (heads left if `heads`) ×
+    (kept head_dim if `dim`) × `mult`; entries 0 (copy) and -1 (infer) stay."""
     def hook(rw) -> None:
-        width = kept_width(rw, origin, run)
-        if width is None or not rw.is_const(1):
+        got = live_heads(rw, origin, rows)
+        if got is None or not rw.is_const(1):
             return
+        width, n = got
         value = rw.const(1).copy()
-        if value[axis] > 0:
-            value[axis] = width * merged
-            rw.set_const(1, value)
+        for axis, heads, dim, mult in spec:
+            if value[axis] > 0:
+                value[axis] = (n if heads else 1) * (width if dim else 1) * mult
+        rw.set_const(1, value)
     return hook
 
 
@@ -204,7 +223,7 @@ def _reshape(ctx: TieContext) -> None:
         raise Unsupported(f"{ctx.where} reshapes heads with unknown shapes")
     last = len(lay.factors) - 1
     factors: list[Factor | None] = list(lay.factors)
-    minor_axis, merged = None, 1
+    minor_axis, merged, head_axis, head_merged = None, 1, None, False
     for ins, outs in segments:
         held = [(a, lay.factor_at(a)) for a in ins]
         run = [k for a, k in held if k is not None and xshape[a] != 1]
@@ -229,11 +248,16 @@ def _reshape(ctx: TieContext) -> None:
             factors[k] = None
         if run[-1] == last:
             minor_axis, merged = targets[0], size // lay.factors[last].size
+            head_merged = last - 1 in run
+        elif run == [last - 1]:
+            head_axis = targets[0]
     if minor_axis is None:
         raise Unsupported(f"{ctx.where} reshapes the head_dim axis")
     _emit(ctx, out, Layout(lay.origin, tuple(f for f in factors if f is not None)))
     if ctx.node.op_type == "Reshape":
-        ctx.hook(_minor_entry(minor_axis, lay.origin, lay.run(), merged))
+        heads = lay.factors[last - 1].count if head_merged else 1
+        spec = [(minor_axis, head_merged, True, merged // heads)] + ([(head_axis, True, False, 1)] if head_axis is not None else [])
+        ctx.hook(_entries(lay.origin, lay.head_rows(), spec))
 
 
 def _merge_parts(ctx: TieContext, lay: Layout, run: list[int], axis: int) -> None:
@@ -245,7 +269,9 @@ def _merge_parts(ctx: TieContext, lay: Layout, run: list[int], axis: int) -> Non
     ctx.out_space(ctx.output(0), axis, int(chans.size))
     ctx.tie(ctx.output(0), lay.origin, np.arange(chans.size), chans.ravel())
     if ctx.node.op_type == "Reshape":
-        ctx.hook(_minor_entry(axis, lay.origin, lay.run(), chans.size // lay.factors[-1].count))
+        head = len(lay.factors) - 2 in run
+        others = chans.size // lay.factors[-1].count // (lay.factors[-2].count if head else 1)
+        ctx.hook(_entries(lay.origin, lay.head_rows(), [(axis, head, True, others)]))
 
 
 def _transpose(ctx: TieContext) -> None:
@@ -307,21 +333,21 @@ def _slice(ctx: TieContext) -> None:
             raise Unsupported(f"{ctx.where} slices heads with a step")
         whole = lay.factor_at(a) == len(lay.factors) - 1 and (start, stop) != (0, xshape[a])
         if whole and stop > start:
-            minor = (k, lay.run()[:start])
+            minor = (k, lay.head_rows()[:, :start])
         lay = _select(lay, a, start, max(0, stop - start), ctx.where, minor=whole)
     if minor is not None:
         ctx.plan.equal_blocks.append((lay.origin, lay.heads()))
-        ctx.hook(_slice_widths(lay.origin, minor[0], minor[1], lay.run()))
+        ctx.hook(_slice_widths(lay.origin, minor[0], minor[1], lay.head_rows()))
     _emit(ctx, ctx.output(0), lay)
 
 
-def _slice_widths(origin: str, k: int, before: np.ndarray, run: np.ndarray):
+def _slice_widths(origin: str, k: int, before: np.ndarray, rows: np.ndarray):
     """Rewrite hook of a Slice of head_dim: entry k of the bounds covers the part's kept channels."""
     def hook(rw) -> None:
-        width = kept_width(rw, origin, run)
+        width = kept_width(rw, origin, rows)
         if width is None:
             return
-        start = kept_width(rw, origin, before)
+        start = kept_width(rw, origin, before) if before.size else 0
         starts, ends = rw.const(1).copy(), rw.const(2).copy()
         starts[k], ends[k] = start, start + width
         rw.set_const(1, starts)
@@ -342,7 +368,7 @@ def _split(ctx: TieContext) -> None:
         part = _select(lay, axis, offset, width, ctx.where, minor=True)
         if minor:
             ctx.plan.equal_blocks.append((lay.origin, part.heads()))
-            runs.append(part.run())
+            runs.append(part.head_rows())
         _emit(ctx, out, part)
         offset += width
     if minor:
@@ -482,6 +508,42 @@ def _contract(ctx: TieContext, la: Layout, lb: Layout, ra: int, rb: int, ro: int
     if batch_a != batch_b or ga.shape != gb.shape:
         raise Unsupported(f"{ctx.where}: the heads of its operands do not line up")
     ctx.tie(la.origin, lb.origin, ga.ravel(), gb.ravel())
+    ha, hb = la.factors[last_a - 1].axis if last_a else None, lb.factors[last_b - 1].axis if last_b else None
+    if len(batch_a) == 1 and ha is not None and hb is not None and ha + ro - ra == batch_a[0] == hb + ro - rb:
+        ctx.plan.scores[ctx.output(0)] = (batch_a[0], la.origin, la.head_rows(), lb.origin, lb.head_rows())
+
+
+def follow_scores(ctx: TieContext) -> None:
+    """Attention scores [.., heads, q, k] on their way to attn·v: while nothing varies along the
+    heads axis (a scale, a mask, the softmax), head h of q, k and v is one unit that can go
+    whole (`ChannelPlan.head_units`); anything else leaves the heads at one channel at least."""
+    plan, op = ctx.plan, ctx.node.op_type
+    i0 = next(i for i, t in enumerate(ctx.node.input) if t in plan.scores)
+    axis, *qk = plan.scores[ctx.input(i0)]
+    oshape = ctx.shape(ctx.output(0))
+    if oshape is None or len(oshape) != len(ctx.shape(ctx.input(i0)) or ()):
+        return
+    if op == "MatMul" and i0 == 0 and ctx.input(1) in plan.layouts:
+        v = plan.layouts[ctx.input(1)]
+        rb = len(ctx.shape(ctx.input(1)))
+        if len(v.factors) > 1 and v.factors[-2].axis is not None and v.factors[-2].axis + len(oshape) - rb == axis:
+            rows = v.head_rows()
+            if len(rows) == len(qk[1]) == len(qk[3]):
+                plan.head_units.append((qk[0], qk[1], qk[2], qk[3], v.origin, rows))
+        return
+    if op in ("Softmax", "LogSoftmax"):
+        if int(ctx.attr("axis", -1)) % len(oshape) == axis:
+            return
+    elif op not in UNARY + BINARY or op == "Where":
+        return
+    for t in ctx.node.input:
+        if not t or t == ctx.input(i0):
+            continue
+        shape = ctx.shape(t)
+        a = axis - (len(oshape) - len(shape)) if shape is not None else None
+        if t in plan.spaces or t in plan.layouts or shape is None or (a is not None and a >= 0 and shape[a] != 1):
+            return
+    plan.scores[ctx.output(0)] = (axis, *qk)
 
 
 HEAD_RULES = {"Softmax": _softmax, "LogSoftmax": _softmax,
