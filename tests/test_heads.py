@@ -118,16 +118,7 @@ def test_unequal_heads_are_legalized_and_dead_heads_go_whole():
 
 def test_separate_projections_tie_across_tensors():
     """q, k, v from three Linears, each reshaped to [1, N, H, D] and transposed."""
-    n = tokens()
-    x = linear(n, "x", 16, C, "embed")
-    heads = {}
-    for name, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
-        r = n.node("Reshape", [linear(n, x, C, C, name), i64(n, [1, N, H, D])], f"{name}.split")
-        heads[name] = n.node("Transpose", [r], f"{name}.heads", perm=perm)
-    attn = n.node("Softmax", [n.node("MatMul", [heads["q"], heads["k"]], "scores")], "softmax", axis=-1)
-    o = n.node("Transpose", [n.node("MatMul", [attn, heads["v"]], "mix")], "back", perm=[0, 2, 1, 3])
-    merged = n.node("Reshape", [o, i64(n, [1, N, C])], "merge")
-    gr = random_prune_ok(finish(n, n.node("Add", [x, linear(n, merged, C, C, "proj")], "res")))
+    gr = random_prune_ok(_separate())
     assert group_of(gr, "q", 5) == group_of(gr, "k", 5)
     assert group_of(gr, "v", 5) == group_of(gr, "merge", 5) and group_of(gr, "v", 5)[0].pinned is None
 
