@@ -220,12 +220,14 @@ class Regularizer(GammaRegularizer):
             index = [slice(None)] * mask.ndim
             index[axis] = torch.as_tensor(dead)
             mask[tuple(index)] = 0
-        for src, (axis, bias) in ((s, n) for s in groups.plan.sources for n in [_norm_axis(self, s)] if n):
-            dead = removed.get(src.tensor)
-            if dead is not None:
-                zero(src.weight, axis, dead)
-                if bias is not None:
-                    zero(bias, 0, dead)
+        for src in groups.plan.sources:
+            rows, dead = _rows(self.model, params, groups.plan, src), removed.get(src.tensor)
+            if rows is None or dead is None:
+                continue
+            axis, bias = rows
+            zero(src.weight, axis, dead)
+            if bias is not None:
+                zero(bias, 0, dead)
         for sl in groups.plan.silenced:
             dead = removed.get(sl.tensor)
             if dead is not None:
@@ -254,15 +256,14 @@ def _silenced_params(reg: "Regularizer", params: dict) -> list[tuple[torch.Tenso
     return out
 
 
-def _norm_axis(reg: "Regularizer", s) -> tuple[int, str | None] | None:
+def _rows(module: torch.nn.Module, params: dict, plan, s) -> tuple[int, str | None] | None:
     """(output axis, bias name) of a weight source's torch parameter, None if it is not one."""
-    params = dict(reg.model.named_parameters())
     if s.kind != "weight" or s.weight not in params:
         return None
     prefix = s.weight.rpartition(".")[0]
-    layer = reg.model.get_submodule(prefix) if prefix else reg.model
+    layer = module.get_submodule(prefix) if prefix else module
     axis = 1 if isinstance(layer, torch.nn.modules.conv._ConvTransposeNd) else 0
-    if params[s.weight].shape[axis] != reg.groups.plan.spaces[s.tensor].size:
+    if params[s.weight].shape[axis] != plan.spaces[s.tensor].size:
         return None
     bias = f"{prefix}.bias" if prefix else "bias"
     return axis, bias if bias in params else None
@@ -275,14 +276,9 @@ def _weight_gammas(groups, module: torch.nn.Module, params: dict) -> dict[str, t
     with_bn = {int(eg[i, 0]) for s in plan.sources if s.kind == "bn" for i in plan.ids(s.tensor).tolist()}
     out = {}
     for s in plan.sources:
-        if s.kind != "weight" or s.weight not in params or with_bn & set(eg[plan.ids(s.tensor), 0].tolist()):
-            continue
-        prefix, _, _ = s.weight.rpartition(".")
-        layer = module.get_submodule(prefix) if prefix else module
-        axis = 1 if isinstance(layer, torch.nn.modules.conv._ConvTransposeNd) else 0
-        if params[s.weight].shape[axis] != plan.spaces[s.tensor].size:
-            continue
-        out[s.node] = (s.weight, axis, params.get(f"{prefix}.bias" if prefix else "bias"))
+        rows = _rows(module, params, plan, s)
+        if rows is not None and not with_bn & set(eg[plan.ids(s.tensor), 0].tolist()):
+            out[s.node] = (s.weight, rows[0], params.get(rows[1]) if rows[1] else None)
     return out
 
 

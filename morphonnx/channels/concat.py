@@ -69,18 +69,24 @@ def split(ctx: TieContext) -> None:
 
 
 def _split_sizes(rw) -> None:
-    sizes = np.array([rw.kept_count(o) * rw.block(o) for o in rw.node.outputs], dtype=np.int64)
+    write_split_sizes(rw, np.array([rw.kept_count(o) * rw.block(o) for o in rw.node.outputs], dtype=np.int64))
+
+
+def write_split_sizes(rw, sizes: np.ndarray) -> None:
+    """Give a Split node these output sizes: its `split` input or attribute, or (opset 18's
+    `num_outputs`, unless the parts are still equal) a new `split` input."""
     if len(rw.node.inputs) > 1 and rw.node.inputs[1] is not None and rw.is_const(1):
         rw.set_const(1, sizes)
     elif "split" in rw.node.attrs:
         rw.set_attr("split", [int(s) for s in sizes])
-    elif "num_outputs" in rw.node.attrs:  # opset 18: equal parts (the last smaller), unless sizes are given
+    else:
         n, k = int(sizes.sum()), len(sizes)
         part = -(-n // k)
-        if sizes.tolist() != [min(part, max(0, n - i * part)) for i in range(k)]:
-            import onnx_graphsurgeon as gs
-            del rw.node.attrs["num_outputs"]
-            rw.node.inputs.append(gs.Constant(f"{rw.node.name}.split", sizes))
+        if "num_outputs" in rw.node.attrs and sizes.tolist() == [min(part, max(0, n - i * part)) for i in range(k)]:
+            return
+        import onnx_graphsurgeon as gs
+        rw.node.attrs.pop("num_outputs", None)
+        rw.node.inputs.append(gs.Constant(f"{rw.node.name}.split", sizes))
 
 
 @register("Slice")

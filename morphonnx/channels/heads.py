@@ -14,10 +14,12 @@ its axes, and the products of attention:
 - attn·v keeps v's layout, and the Reshape that merges heads back gives the output a plain
   channel space again, tied to v's channels (the output projection consumes it).
 
-Only the last factor (head_dim) is cut: every head keeps as many channels as the others (the
-split's blocks are `equal_blocks`, legalized in masks.py, at least one each) and the reshapes on
-the way get the new head_dim (`Layout.run`). Anything else that reads a layout pins
-its origin's channels, with the reason.
+Every live head keeps as many head_dim channels as the others (the split's blocks are
+`equal_blocks`, legalized in masks.py, at least one each). A head whose q, k and v all die goes
+whole where the scores carry nothing per head on their way from q·kᵀ to attn·v
+(`follow_scores`, `ChannelPlan.head_units`). The reshapes on the way get the heads left and the
+new head_dim (`live_heads`). Anything else that reads a layout pins its origin's channels, with
+the reason.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import Space, TieContext
+from .concat import write_split_sizes
 from .elementwise import BINARY, UNARY
 
 
@@ -98,10 +101,6 @@ class Unsupported(Exception):
     """The op reads a layout in a way that cannot be cut exactly."""
 
 
-def reads_heads(reason: str) -> str:
-    return f"{reason} (channels split into heads)"
-
-
 def split(ctx: TieContext, x: str, xs: Space, xshape, oshape) -> bool:
     """A Reshape of a channel axis into trailing factors: give the output a layout and make the
     blocks (every value of the leading factors) keep equal counts. False if it is not one."""
@@ -132,7 +131,7 @@ def propagate(ctx: TieContext) -> None:
         for t in ctx.node.input:
             lay = ctx.plan.layouts.get(t)
             if lay is not None:
-                ctx.pin(lay.origin, reads_heads(str(e)))
+                ctx.pin(lay.origin, f"{e} (channels split into heads)")
 
 
 def _emit(ctx: TieContext, out: str, lay: Layout) -> None:
@@ -156,19 +155,13 @@ def _layout(ctx: TieContext, i: int) -> Layout | None:
     return ctx.plan.layouts.get(t) if t else None
 
 
-def kept_width(rw, origin: str, rows: np.ndarray) -> int | None:
-    """How many of its channels `rows` [heads, channels] every live head keeps (None: all of the origin's)."""
-    kept = rw.kept(origin)
-    return None if kept is None else int(np.isin(rows, kept).sum(axis=1).max())
-
-
 def live_heads(rw, origin: str, rows: np.ndarray) -> tuple[int, int] | None:
     """(head_dim kept by every live head, heads left) of `rows` [heads, head_dim] (None: nothing cut)."""
     kept = rw.kept(origin)
     if kept is None:
         return None
     alive = np.isin(rows, kept)
-    live = alive.any(axis=1)
+    live = alive.any(axis=1)  # (a part of head_dim that keeps nothing anywhere: width 0)
     return int(alive[live].sum(axis=1).max()) if live.any() else 0, int(live.sum())
 
 
@@ -344,10 +337,10 @@ def _slice(ctx: TieContext) -> None:
 def _slice_widths(origin: str, k: int, before: np.ndarray, rows: np.ndarray):
     """Rewrite hook of a Slice of head_dim: entry k of the bounds covers the part's kept channels."""
     def hook(rw) -> None:
-        width = kept_width(rw, origin, rows)
-        if width is None:
+        got = live_heads(rw, origin, rows)
+        if got is None:
             return
-        start = kept_width(rw, origin, before) if before.size else 0
+        width, start = got[0], live_heads(rw, origin, before)[0]
         starts, ends = rw.const(1).copy(), rw.const(2).copy()
         starts[k], ends[k] = start, start + width
         rw.set_const(1, starts)
@@ -377,18 +370,9 @@ def _split(ctx: TieContext) -> None:
 
 def _split_widths(origin: str, runs: list[np.ndarray]):
     def hook(rw) -> None:
-        widths = [kept_width(rw, origin, r) for r in runs]
-        if widths[0] is None:
-            return
-        sizes = np.array(widths, dtype=np.int64)
-        if len(rw.node.inputs) > 1 and rw.node.inputs[1] is not None and rw.is_const(1):
-            rw.set_const(1, sizes)
-        elif "split" in rw.node.attrs:
-            rw.set_attr("split", [int(v) for v in sizes])
-        else:
-            import onnx_graphsurgeon as gs
-            rw.node.attrs.pop("num_outputs", None)
-            rw.node.inputs.append(gs.Constant(f"{rw.node.name}.split", sizes))
+        widths = [live_heads(rw, origin, r) for r in runs]
+        if widths[0] is not None:
+            write_split_sizes(rw, np.array([w for w, _ in widths], dtype=np.int64))
     return hook
 
 
