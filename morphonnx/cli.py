@@ -15,6 +15,7 @@ from typing import Sequence
 from . import __version__
 from .errors import BadInput
 from .output import Outputs
+from .tables import SCHEMA_VERSION
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +34,53 @@ def _count(low: int):
             raise argparse.ArgumentTypeError(f"{value} is below {low}")
         return value
     return parse
+
+
+def _top(text: str) -> int | None:
+    """An argparse type for --top: a count of rows, or 'all' (None)."""
+    if text.lower() == "all":
+        return None
+    return _count(1)(text)
+
+
+def _add_table_options(p: argparse.ArgumentParser, what: str = "rows") -> None:
+    from .tables import TOP
+    p.add_argument("--top", type=_top, default=TOP, metavar="N|all",
+                   help=f"how many {what} to print (default {TOP}; 'all' for every one)")
+    p.add_argument("--json", metavar="OUT", help="write the full result as JSON (- for stdout)")
+    p.add_argument("--csv", metavar="OUT.csv", help="write the tables as CSV, raw numbers in base units (- for "
+                   "stdout; a second table goes beside the first as OUT.NAME.csv)")
+    p.add_argument("--md", metavar="OUT.md", help="write the tables as Markdown (- for stdout)")
+
+
+def _claim_tables(out: Outputs, args: argparse.Namespace) -> None:
+    """Claim the --json, --csv and --md outputs before any work."""
+    for path in (args.json, getattr(args, "csv", None), getattr(args, "md", None)):
+        out.claim(path)
+
+
+def _write_tables(out: Outputs, args: argparse.Namespace, tables) -> list[str]:
+    """Stage the tables as CSV and Markdown where asked; return the files written."""
+    from .tables import csv_paths, csv_text, markdown_text
+    written = []
+    if getattr(args, "csv", None):
+        paths = csv_paths(args.csv, tables)
+        if paths == [args.csv]:
+            out.text(args.csv, csv_text(tables))
+        else:
+            for path, t in zip(paths, tables):
+                out.text(path, t.csv())
+        written += paths
+    if getattr(args, "md", None):
+        out.text(args.md, markdown_text(tables, f"morphonnx {args.command}: {getattr(args, 'model', '')}".rstrip(": ")))
+        written.append(args.md)
+    return written
+
+
+def _say(args: argparse.Namespace):
+    """print, or print to stderr when stdout carries an output (--json/--csv/--md -)."""
+    taken = "-" in (args.json, getattr(args, "csv", None), getattr(args, "md", None))
+    return (lambda *a, **k: print(*a, **k, file=sys.stderr)) if taken else print
 
 
 def _add_shape_options(p: argparse.ArgumentParser) -> None:
@@ -60,13 +108,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """MACs, FLOPs, parameters, bytes and roofline latency per op and in total."""
     from .report import analyze
     with Outputs([args.model, *args.profile]) as out:
-        out.claim(args.json)
+        _claim_tables(out, args)
         result = analyze(args.model, args.profile, batch=args.batch, input_shapes=_shapes(args))
         if args.json:
             out.text(args.json, json.dumps(result.to_dict(), indent=1))
-        if args.json != "-":
-            print(result.format_table(top=args.top, per_op=args.per_op))
-        _finish(out, args.json)
+        top = None if args.per_op else args.top
+        files = _write_tables(out, args, result.tables(top))
+        _say(args)(result.format_table(top=top))
+        _finish(out, args.json, *files)
     return 0
 
 
@@ -75,7 +124,7 @@ def _finish(out: Outputs, *announce: str | None) -> None:
     carries an output)."""
     out.commit()
     stream = sys.stderr if "-" in announce else sys.stdout
-    for path in announce:
+    for path in dict.fromkeys(announce):
         if path and path != "-":
             print(f"wrote {path}", file=stream)
 
@@ -91,18 +140,19 @@ def _groups(args: argparse.Namespace, out: Outputs | None = None):
 
 def cmd_groups(args: argparse.Namespace) -> int:
     """Channel groups: which channels live or die together, what one channel costs, what is pinned."""
-    from .groups import add_latency_per_channel, format_groups
+    from .groups import add_latency_per_channel, format_groups, groups_table
     from .profiles import load_profile
     with Outputs([args.model, *args.profile]) as out:
-        out.claim(args.json)
+        _claim_tables(out, args)
         _, groups = _groups(args, out)
         for name in args.profile:
             add_latency_per_channel(groups, load_profile(name))
         if args.json:
-            out.text(args.json, json.dumps(groups.to_dict(), indent=1))
-        if args.json != "-":
-            print(format_groups(groups, top=args.top))
-        _finish(out, args.json)
+            out.text(args.json, json.dumps({"schema_version": SCHEMA_VERSION, "model": str(args.model),
+                                            **groups.to_dict()}, indent=1))
+        files = _write_tables(out, args, [groups_table(groups, args.top)])
+        _say(args)(format_groups(groups, top=args.top))
+        _finish(out, args.json, *files)
     return 0
 
 
@@ -122,18 +172,19 @@ def _masks(args: argparse.Namespace, groups):
 
 def cmd_structure(args: argparse.Namespace) -> int:
     """Alive channels per layer after masks and topology morphing (MorphNet's structure export)."""
-    from .rewrite import prune
-    from .structure import format_structure, structure
+    from .rewrite import prune, summarize
+    from .structure import format_structure, structure, structure_table
     with Outputs([args.model, args.masks]) as out:
-        out.claim(args.json)
-        _, groups = _groups(args, out)
-        doc = structure(prune(groups, _masks(args, groups)))
-        doc["model"] = str(args.model)
+        _claim_tables(out, args)
+        graph, groups = _groups(args, out)
+        result = prune(groups, _masks(args, groups))
+        doc = {"schema_version": SCHEMA_VERSION, "model": str(args.model), **structure(result),
+               "costs": summarize(graph, result.model)}
         if args.json:
             out.text(args.json, json.dumps(doc, indent=1))
-        if args.json != "-":
-            print(format_structure(doc, top=args.top))
-        _finish(out, args.json)
+        files = _write_tables(out, args, [structure_table(doc, args.top)])
+        _say(args)(format_structure(doc, top=args.top))
+        _finish(out, args.json, *files)
     return 0
 
 
@@ -142,16 +193,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     verify that file, reopened from disk, against the oracle."""
     from .masks import masks_document
     from .rewrite import prune, summarize
+    from .structure import structure, structure_table
     from .verify import check, dynamic_batch
     with Outputs([args.model, args.masks]) as out:
         out.claim(args.output, stdout=False, companions=[args.output and os.path.basename(args.output) + ".data"])
-        out.claim(args.json)
+        _claim_tables(out, args)
         out.claim(args.masks_out)
         graph, groups = _groups(args, out)
         result = prune(groups, _masks(args, groups))
         for w in result.masks.warnings + result.notes:
             print(f"warning: {w}", file=sys.stderr)
-        say = print if args.json != "-" else (lambda *a, **k: print(*a, **k, file=sys.stderr))
+        say = _say(args)
         summary = _prune_report(graph, groups, result, summarize(graph, result.model), args, say)
         model, why = (result.model, None) if args.batch else dynamic_batch(graph, result.model)
         if why:
@@ -170,36 +222,35 @@ def cmd_prune(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 out.discard()  # the model goes; the reports below still tell what happened
                 code = 1
+        files = _write_tables(out, args, [structure_table(structure(result), args.top)])
         if args.masks_out:
             out.text(args.masks_out, json.dumps(masks_document(groups, result.masks), indent=1))
         if args.json:
             out.text(args.json, json.dumps(summary, indent=1))
-        _finish(out, *(() if code else (args.output,)), args.json, args.masks_out)
+        _finish(out, *(() if code else (args.output,)), args.json, args.masks_out, *files)
     return code
 
 
 def _prune_report(graph, groups, result, costs: dict, args: argparse.Namespace, say) -> dict:
     """Print what the prune did; return it as the `--json` summary (without the check)."""
     from .masks import revived_summary
-    from .report import human
     from .rewrite import channel_counts
+    from .units import count, percent
     ch = channel_counts(groups, result.masks)
-    say(f"MACs     {human(costs['macs'][0]):>10s} -> {human(costs['macs'][1]):>10s}  "
-        f"({100 * costs['macs'][1] / max(1, costs['macs'][0]):.1f}%)")
-    say(f"params   {human(costs['params'][0]):>10s} -> {human(costs['params'][1]):>10s}  "
-        f"({100 * costs['params'][1] / max(1, costs['params'][0]):.1f}%)")
-    say(f"channels {ch[0]:>10d} -> {ch[1]:>10d}  (outputs of Conv/Gemm/MatMul)")
-    if costs["folded_constant_values"]:
-        say(f"bias maps {human(costs['folded_constant_values']):>9s} constant values (not counted as params)")
-    say(f"nodes    {len(graph.nodes):>10d} -> {len(result.model.graph.node):>10d}")
+    for name, key in (("MACs", "macs"), ("FLOPs", "flops"), ("params", "params")):
+        a, b = costs[key]
+        folded = costs["folded_constant_values"] if key == "params" else 0
+        say(f"{name:8s} {count(a):>9s} -> {count(b):>9s}  ({percent(b, a)})" +
+            (f"  incl. {count(folded)} folded constant values (bias maps of removed channels)" if folded else ""))
+    say(f"channels {ch[0]:>9d} -> {ch[1]:>9d}  (outputs of Conv/Gemm/MatMul)")
+    say(f"nodes    {len(graph.nodes):>9d} -> {len(result.model.graph.node):>9d}")
     changes = revived_summary(result.masks)
     _print_changes(changes, args.verbose, say)
     _print_topology(groups, result, args.verbose, say)
     kinds = {k: list(result.folds.values()).count(k) for k in sorted(set(result.folds.values()))}
     if kinds:
         say("folded constants of removed channels: " + ", ".join(f"{v} into a {k}" for k, v in kinds.items()))
-    return {"schema_version": 1, "model": str(args.model), "output": args.output, "macs": costs["macs"],
-            "params": costs["params"], "folded_constant_values": costs["folded_constant_values"],
+    return {"schema_version": SCHEMA_VERSION, "model": str(args.model), "output": args.output, **costs,
             "channels": list(ch), "nodes": [len(graph.nodes), len(result.model.graph.node)],
             "removed_layers": result.removed_layers(), "folds": result.folds, "masks_changed": changes,
             "warnings": result.masks.warnings + result.notes, "check": None}
@@ -249,16 +300,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.plot and suffix not in (".png", ".svg", ".pdf"):
         raise BadInput(f"--plot {args.plot}: give a .png, .svg or .pdf file name")
     with Outputs([*args.models, *args.profile]) as out:
-        out.claim(args.json)
+        _claim_tables(out, args)
         out.claim(args.plot, stdout=False)
         result = compare(args.models, args.profile, batch=args.batch, input_shapes=_shapes(args))
         if args.json:
             out.text(args.json, json.dumps(result.to_dict(), indent=1))
         if args.plot:
             out.file(args.plot, result.plot, suffix)
-        if args.json != "-":
-            print(result.format_table(top=args.top))
-        _finish(out, args.json, args.plot)
+        files = _write_tables(out, args, result.tables(args.top))
+        _say(args)(result.format_table(top=args.top))
+        _finish(out, args.json, args.plot, *files)
     return 0
 
 
@@ -294,7 +345,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
             raise BadInput("expand: give one of --masks, --structure and --threshold")
         args.masks = args.structure
     with Outputs([args.model, args.masks, args.profile]) as out:
-        out.claim(args.json)
+        _claim_tables(out, args)
         out.claim(args.output, stdout=False, companions=[args.output and os.path.basename(args.output) + ".data"])
         return _expand(args, out)
 
@@ -302,70 +353,107 @@ def cmd_expand(args: argparse.Namespace) -> int:
 def _expand(args: argparse.Namespace, out: Outputs) -> int:
     import numpy as np
 
-    from .grow import grow
-    from .report import human
-    from .rewrite import prune
-    from .verify import check_runs
-    from .expand import alive_widths, carry_widths, parse_budget, search, source_widths
-    from .graph import load
-    from .groups import find_groups
+    from .expand import Grower, alive_widths, fit, parse_budget, search, source_widths
     from .penalty import compile_program
     from .profiles import load_profile
+    from .rewrite import prune
+    from . import units
+    from .units import resource as fmt_resource
+    from .verify import check_runs, dynamic_batch
     graph, groups = _groups(args, out)
     masks = _masks(args, groups)
     profile = load_profile(args.profile) if args.profile else None
     if args.resource == "latency" and profile is None:
         raise BadInput("expand: --resource latency needs --profile")
-    program = compile_program(groups, args.resource, profile)
-    original = program.cost(program.full_alive())
+    from .costs import cost_model
+    original = cost_model(graph).resource(args.resource, profile)
     budget = parse_budget(args.budget, original)
+    program = compile_program(groups, args.resource, profile)
     result = prune(groups, masks)  # dead layers and pinned groups as the rewrite sees them
     base = alive_widths(groups, result.masks)
-    e = search(program, groups, base, budget, args.round_to)
-    unit = {"flops": "FLOPs", "macs": "MACs", "size": "params", "latency": "s"}[args.resource]
-    fmt = (lambda v: f"{v * 1e3:.3f} ms") if args.resource == "latency" else (lambda v: f"{human(v)} {unit}")
-    print(f"original {fmt(original)}; shrunk {fmt(program.cost(base.astype(float)))}; budget {fmt(budget)}")
-    print(f"width multiplier {e.multiplier:.4f}: {fmt(e.cost)} ({100 * e.cost / budget:.2f}% of the budget)")
+    grower = Grower(groups, result, args.resource, profile)
+    if grower.reason and args.output:
+        raise BadInput(grower.reason)
+    if grower.reason:
+        e = search(program, groups, base, budget, args.round_to)
+        shrunk = program.cost(base.astype(float))
+    else:
+        e = fit(program, groups, base, budget, args.round_to, grower.cost)
+        shrunk = grower.cost(base)
+    fmt = lambda v: fmt_resource(v, args.resource)
+    how = "of the grown model, as analyze counts it" if e.measured else \
+        f"estimated: the grown model cannot be built ({grower.reason})"
+    say = _say(args)
+    say(f"original {fmt(original)}; shrunk {fmt(shrunk)}; budget {fmt(budget)}")
+    say(f"width multiplier {e.multiplier:.4f}: {fmt(e.cost)} ({units.percent(e.cost, budget)} of the budget; {how})")
     widths = source_widths(groups, e.widths)
     before = source_widths(groups, np.array([g.size for g in groups.groups]))
-    shrunk = source_widths(groups, base)
-    doc = {"resource": args.resource, "multiplier": e.multiplier, "budget": budget, "cost": e.cost,
-           "original_cost": original, "widths": widths,
-           "sources": [{"node": s.node, "weight": s.weight, "original": before[s.node], "shrunk": shrunk[s.node],
+    shrunk_w = source_widths(groups, base)
+    doc = {"schema_version": SCHEMA_VERSION, "model": str(args.model), "resource": args.resource,
+           "multiplier": e.multiplier, "budget": budget, "cost": e.cost, "cost_measured": e.measured,
+           "estimate": e.estimate, "original_cost": original, "shrunk_cost": shrunk, "widths": widths,
+           "sources": [{"node": s.node, "weight": s.weight, "original": before[s.node], "shrunk": shrunk_w[s.node],
                         "expanded": widths[s.node]} for s in groups.plan.sources if s.kind == "weight"],
            "groups": [{"id": g.id, "original": g.size, "shrunk": int(base[g.id]), "expanded": int(e.widths[g.id]),
                        "pinned": g.pinned} for g in groups.groups]}
-    rows = sorted(doc["sources"], key=lambda r: -r["original"])[: args.top]
-    print(f"\n{'layer':44s} {'original':>8s} {'shrunk':>7s} {'expanded':>8s}")
-    for r in rows:
-        print(f"{(r['weight'] or r['node'])[-44:]:44s} {r['original']:8d} {r['shrunk']:7d} {r['expanded']:8d}")
+    table = _expand_table(doc, args.top)
+    say()
+    say(table.text())
+    files = _write_tables(out, args, [table])
     if args.json:
         out.text(args.json, json.dumps(doc, indent=1))
     if args.output:
-        pruned_groups = find_groups(load(result.model))
-        target = carry_widths(groups, pruned_groups, e.widths)
-        model = grow(pruned_groups, target)
+        model, why = dynamic_batch(graph, grower.model(e.widths)) if not args.batch else (grower.model(e.widths), None)
         staged = out.model(args.output, model, external=bool(graph.external_files()))
         c = check_runs(graph, staged)
         c.file = args.output
-        print(c.describe())
+        say(c.describe())
         if not c.ok:
             print(f"morphonnx: the expanded model does not pass; {args.output} not written", file=sys.stderr)
             return 1
-    _finish(out, args.json)
+    _finish(out, args.json, *files)
     if args.output:
-        print(f"wrote {args.output} (kept channels carry their weights, new ones are freshly initialized)")
+        say(f"wrote {args.output} (kept channels carry their weights, new ones are freshly initialized)")
     return 0
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
     """List the hardware profiles that --profile accepts by name."""
     from .profiles import available_profiles, load_profile
+    from .tables import Column, Table
+    cols = [Column("profile"), Column("name"), Column("kind"), Column("fp32 FLOP/s", "count", "peak_gflops_fp32"),
+            Column("fp16 FLOP/s", "count", "peak_gflops_fp16"), Column("bandwidth B/s", "count", "bandwidth_gbs"),
+            Column("per op", "seconds", "op_overhead_s"), Column("per run", "seconds", "run_overhead_s")]
+    rows = []
     for key, path in available_profiles().items():
         p = load_profile(path)
-        peaks = ", ".join(f"{k} {v:g}" for k, v in p.peak_gflops.items())
-        print(f"{key:18s} {p.name}  [GFLOP/s: {peaks}; {p.bandwidth_gbs:g} GB/s]")
+        rows.append([key, p.name, p.kind or "-", p.peak_gflops["fp32"] * 1e9,
+                     p.peak_gflops["fp16"] * 1e9 if "fp16" in p.peak_gflops else None, p.bandwidth_gbs * 1e9,
+                     p.op_overhead_us * 1e-6, p.run_overhead_us * 1e-6])
+    table = Table("profiles", f"{len(rows)} hardware profiles (--profile NAME)", cols, rows)
+    with Outputs([]) as out:
+        _claim_tables(out, args)
+        if args.json:
+            out.text(args.json, json.dumps({"schema_version": SCHEMA_VERSION, "profiles": [
+                dict(zip([c.key for c in cols], r)) for r in rows]}, indent=1))
+        files = _write_tables(out, args, [table])
+        _say(args)(table.text())
+        _finish(out, args.json, *files)
     return 0
+
+
+def _expand_table(doc: dict, top: int | None):
+    """Per source (widest first): output channels of the original, the shrunk and the expanded model."""
+    from .tables import Column, Table
+    rows = sorted(doc["sources"], key=lambda r: -r["original"])
+    shown = rows if top is None else rows[:top]
+    cols = [Column("layer"), Column("original", "int"), Column("shrunk", "int"), Column("expanded", "int"),
+            Column("expanded/original", "percent", "expanded_percent")]
+    body = [[r["weight"] or r["node"], r["original"], r["shrunk"], r["expanded"],
+             100 * r["expanded"] / r["original"] if r["original"] else None] for r in shown]
+    more = len(rows) - len(shown)
+    title = f"{'all' if not more else f'top {len(shown)} of'} {len(rows)} layers by original width"
+    return Table("layers", title, cols, body, f"... {more} more layers (--top all)" if more else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,18 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.yaml",
                    help="hardware profile for roofline latency (repeatable; see `morphonnx profiles`)")
     _add_shape_options(a)
-    a.add_argument("--per-op", action="store_true", help="print every op, not only the top ones")
-    a.add_argument("--top", type=_count(1), default=10, help="how many of the costliest ops to print (default 10)")
-    a.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+    a.add_argument("--per-op", action="store_true", help="print every op (same as --top all)")
+    _add_table_options(a, "of the costliest ops")
     a.set_defaults(func=cmd_analyze)
 
     g = sub.add_parser("groups", help="channel groups, their costs and pins")
     g.add_argument("model", help="ONNX model file")
     _add_shape_options(g)
-    g.add_argument("--top", type=_count(1), default=20, help="how many groups to print (default 20)")
     g.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.yaml",
                    help="add the roofline latency of one channel on this device (repeatable)")
-    g.add_argument("--json", metavar="OUT", help="write every group as JSON")
+    _add_table_options(g, "groups")
     g.set_defaults(func=cmd_groups)
 
     p_ = sub.add_parser("prune", help="rewrite the model with channel masks and verify it")
@@ -399,8 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_.add_argument("-o", "--output", required=True, help="pruned ONNX model to write")
     _add_mask_options(p_)
     p_.add_argument("--no-check", action="store_true", help="skip the checker and the equivalence check")
-    p_.add_argument("--json", metavar="OUT", help="write a summary (costs, removed layers, folds, channels the masks "
-                    "had to change, check) as JSON; - for stdout")
+    _add_table_options(p_, "layers")
     p_.add_argument("--masks-out", metavar="FILE", help="write the masks actually applied (after equal conv groups, "
                     "--round, and channels kept since not foldable) as a masks file for --masks")
     p_.add_argument("--verbose", action="store_true", help="list every removed layer and branch")
@@ -411,17 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("model", help="ONNX model file")
     _add_mask_options(st)
     _add_shape_options(st)
-    st.add_argument("--top", type=_count(1), default=30, help="how many layers to print (default 30)")
-    st.add_argument("--json", metavar="OUT", help="write the structure, kept indices and reusable masks as JSON")
+    _add_table_options(st, "layers")
     st.set_defaults(func=cmd_structure)
 
     c = sub.add_parser("compare", help="latency per op and layer on several devices; speedup of a pruned model")
     c.add_argument("models", nargs="+", help="ONNX model files; the first is the reference (the original)")
     c.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.yaml", help="repeatable")
     _add_shape_options(c)
-    c.add_argument("--top", type=_count(1), default=15, help="how many ops and layers to print (default 15)")
-    c.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
-    c.add_argument("--plot", metavar="OUT.png", help="stacked latency per layer and device, widths per layer")
+    _add_table_options(c, "ops and layers")
+    c.add_argument("--plot", metavar="OUT.png", help="latency per device (stacked by op type) and width per layer "
+                   "(.png, .svg or .pdf)")
     c.set_defaults(func=cmd_compare)
 
     cal = sub.add_parser("calibrate", help="measure this machine and write a profile YAML")
@@ -442,12 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--profile", metavar="NAME|FILE.yaml", help="device for --resource latency")
     ex.add_argument("--round-to", type=_count(1), default=1, metavar="N", help="widths in multiples of N (default 1)")
     _add_shape_options(ex)
-    ex.add_argument("--top", type=_count(1), default=20, help="how many layers to print (default 20)")
-    ex.add_argument("--json", metavar="OUT", help="write the expanded structure as JSON")
+    _add_table_options(ex, "layers")
     ex.add_argument("-o", "--output", metavar="OUT.onnx", help="also write the expanded ONNX model")
     ex.set_defaults(func=cmd_expand)
 
     pr = sub.add_parser("profiles", help="list the bundled hardware profiles")
+    pr.add_argument("--json", metavar="OUT", help="write the list as JSON (- for stdout)")
+    pr.add_argument("--csv", metavar="OUT.csv", help="write the table as CSV (- for stdout)")
+    pr.add_argument("--md", metavar="OUT.md", help="write the table as Markdown (- for stdout)")
     pr.set_defaults(func=cmd_profiles)
     return p
 

@@ -3,6 +3,7 @@ profiles, and for an original/pruned pair the speedup per op and in total, with 
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -11,7 +12,8 @@ import onnx
 from .costs import CostModel, cost_model
 from .graph import Graph, load
 from .profiles import Profile, load_profile
-from .report import human, seconds
+from . import units
+from .tables import SCHEMA_VERSION, TOP, Column, Table
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -67,6 +69,11 @@ class Comparison:
     sides: list[Side]
     profiles: list[Profile]
 
+    def labels(self) -> list[str]:
+        """A short name per model: its file name (the path where two file names are equal)."""
+        names = [os.path.basename(s.path) for s in self.sides]
+        return [n if names.count(n) == 1 else s.path for n, s in zip(names, self.sides)]
+
     def to_dict(self) -> dict:
         """The JSON document of `morphonnx compare`."""
         ref, keys = self.sides[0], [p.key for p in self.profiles]
@@ -88,10 +95,15 @@ class Comparison:
                                     "present": other[keys[0]] is not None}
             ops.append(row)
         doc = {
-            "profiles": {p.key: {"name": p.name, "peak_gflops": p.peak_gflops, "bandwidth_gbs": p.bandwidth_gbs}
-                         for p in self.profiles},
-            "models": [{"model": s.path, "nodes": len(s.graph.nodes), "macs": s.costs.total("macs"),
-                        "latency_s": {p.key: s.total(p) for p in self.profiles}} for s in self.sides],
+            "schema_version": SCHEMA_VERSION,
+            "profiles": {p.key: {"name": p.name, "peak_gflops": p.peak_gflops, "bandwidth_gbs": p.bandwidth_gbs,
+                                 "run_overhead_us": p.run_overhead_us} for p in self.profiles},
+            "models": [{"model": s.path, "label": label, "nodes": len(s.graph.nodes), "macs": s.costs.total("macs"),
+                        "flops": s.costs.total("flops"), "params": s.costs.params,
+                        "latency_s": {p.key: s.total(p) for p in self.profiles},
+                        "ops_latency_s": {p.key: s.total(p) - p.run_overhead_us * 1e-6 for p in self.profiles}}
+                       for s, label in zip(self.sides, self.labels())],
+            "sort": f"latency on {keys[0]}",
             "ops": ops,
             "layers": self.layer_table(),
         }
@@ -122,99 +134,158 @@ class Comparison:
                 row["width"]["model0" if i == 0 else f"model{i}"] = widths.get(layer, 0)
         return list(rows.values())
 
-    def format_table(self, top: int = 15) -> str:
-        """Totals per model and profile, the top ops of the reference side by side."""
+    def tables(self, top: int | None = TOP) -> list[Table]:
+        """Totals per model and profile; the ops and the layers of the reference, both sorted by
+        latency on the first profile."""
         doc = self.to_dict()
-        keys = [p.key for p in self.profiles]
-        lines = []
-        for p in self.profiles:
-            lines.append(f"{p.key}: {p.name}: {p.peak_gflops['fp32']:g} GFLOP/s fp32, {p.bandwidth_gbs:g} GB/s")
-        for i, m in enumerate(doc["models"]):
-            tag = "reference" if i == 0 else f"model {i}"
-            lines.append(f"{tag}: {m['model']}  ({m['nodes']} nodes, {human(m['macs'])} MACs)  " +
-                         "  ".join(f"{k} {seconds(m['latency_s'][k])}" for k in keys))
-        for i, sp in enumerate(doc.get("speedup", []), 1):
-            lines.append(f"speedup of model {i}: " + "  ".join(f"{k} {v:.2f}x" for k, v in sp.items()))
-            match = doc["matching"][i - 1]
-            if not match["looks_like_a_pair"]:
-                lines.append(f"warning: model {i} does not look like a pruned copy of the reference: "
-                             f"{match['shared_ops']} ops share a name, {len(match['only_in_other'])} are only in "
-                             f"model {i} (e.g. {', '.join(match['only_in_other'][:3])}); compared op by op where "
-                             f"names match")
-        if len(keys) > 1:
-            totals = doc["models"][0]["latency_s"]
-            lines.append("ratio " + "  ".join(f"{k}/{keys[0]} {_ratio(totals[k], totals[keys[0]]):.2f}" for k in keys[1:]))
-        rows = sorted(doc["ops"], key=lambda o: -max(o["latency_s"].values()))[:top]
-        lines.append("")
-        lines.append(f"top {len(rows)} ops of the reference:")
-        head = ["node", "layer", "op_type"] + [f"{k} (bound)" for k in keys] + \
-            [f"{k}/{keys[0]}" for k in keys[1:]] + [f"speedup {k}" for k in keys if len(self.sides) > 1]
+        keys, labels, n = [p.key for p in self.profiles], self.labels(), len(self.sides)
+        cols = [Column("model"), Column("nodes", "int"), Column("MACs", "count", "macs"),
+                Column("params", "count", "params")]
+        cols += [Column(k, "seconds", f"latency_{k}_s") for k in keys]
+        cols += [Column(f"speedup {k}", "ratio", f"speedup_{k}") for k in keys] if n > 1 else []
         body = []
-        for o in rows:
-            r = [o["name"][-28:], (o["layer"] or "-")[-32:], o["op_type"]]
-            r += [f"{seconds(o['latency_s'][k])} ({o['bound'][k]})" for k in keys]
-            r += [f"{o['ratio'][f'{k}/{keys[0]}']:.2f}" for k in keys[1:]]
-            if len(self.sides) > 1:
-                m1 = o["model1"]
-                r += [f"{m1['speedup'][k]:.2f}x" if m1["present"] else "removed" for k in keys]
+        for i, m in enumerate(doc["models"]):
+            r = [labels[i], m["nodes"], m["macs"], m["params"]] + [m["latency_s"][k] for k in keys]
+            if n > 1:
+                r += [1.0 if i == 0 else doc["speedup"][i - 1][k] for k in keys]
             body.append(r)
-        lines += _columns([head] + body, 3)
-        layers_ = sorted(doc["layers"], key=lambda r: -r["latency_s"].get(keys[0], 0.0))[:top]
+        totals = Table("models", "total latency of one run (ops + per-run overhead)", cols, body)
+
+        by = keys[0]
+        ops = sorted(doc["ops"], key=lambda o: -o["latency_s"][by])
+        shown = ops if top is None else ops[:top]
+        whole = doc["models"][0]["ops_latency_s"][by]
+        cols = [Column("node"), Column("layer"), Column("op_type")]
+        for k in keys:
+            cols += [Column(k, "seconds", f"latency_{k}_s"), Column(f"{k} bound", key=f"bound_{k}")]
+        cols += [Column(f"% of {by}", "percent", f"percent_of_{by}")]
+        cols += [Column(f"{k}/{by}", "ratio", f"ratio_{k}_{by}") for k in keys[1:]]
+        cols += [Column(f"speedup {k} ({labels[1]})", "ratio", f"speedup_{k}") for k in keys] if n > 1 else []
+        body = []
+        for o in shown:
+            r = [o["name"], o["layer"] or "-", o["op_type"]]
+            for k in keys:
+                r += [o["latency_s"][k], o["bound"][k]]
+            r.append(100 * o["latency_s"][by] / whole if whole else None)
+            r += [o["ratio"][f"{k}/{by}"] for k in keys[1:]]
+            if n > 1:
+                m1 = o["model1"]
+                r += [m1["speedup"][k] if m1["present"] else "removed" for k in keys]
+            body.append(r)
+        more = len(ops) - len(shown)
+        op_table = Table("ops", f"{'all' if not more else f'top {len(shown)} of'} {len(ops)} ops of {labels[0]} "
+                         f"by latency on {by}", cols, body, f"... {more} more ops (--top all)" if more else "")
+
+        layers_ = sorted(doc["layers"], key=lambda r: -r["latency_s"].get(by, 0.0))
+        shown = layers_ if top is None else layers_[:top]
+        cols = [Column("layer")]
+        for i in range(n):
+            tag = "" if n == 1 else f" {labels[i]}"
+            cols += [Column(f"{k}{tag}", "seconds", f"latency_{k}{'' if i == 0 else f'_model{i}'}_s") for k in keys]
+        cols += [Column("width" if n == 1 else f"width {labels[i]}", "int", f"width{'' if i == 0 else f'_model{i}'}")
+                 for i in range(n)]
+        body = [[r["layer"]] + [r["latency_s"].get(k if i == 0 else f"{k}@model{i}", 0.0) for i in range(n) for k in keys]
+                + [r["width"].get(f"model{i}", 0) for i in range(n)] for r in shown]
+        more = len(layers_) - len(shown)
+        layer_table = Table("layers", f"{'all' if not more else f'top {len(shown)} of'} {len(layers_)} layers of "
+                            f"{labels[0]} by latency on {by} (ops grouped by the weighted op they follow)", cols, body,
+                            f"... {more} more layers (--top all)" if more else "")
+        return [totals, op_table, layer_table]
+
+    def format_table(self, top: int | None = TOP) -> str:
+        """Profiles, totals per model and profile, the top ops and layers of the reference."""
+        doc = self.to_dict()
+        labels = self.labels()
+        lines = [f"{p.key}: {p.name}: {units.count(p.peak_gflops['fp32'] * 1e9)}FLOP/s fp32, "
+                 f"{units.count(p.bandwidth_gbs * 1e9)}B/s" +
+                 (f", {units.seconds(p.run_overhead_us * 1e-6)} per run" if p.run_overhead_us else "")
+                 for p in self.profiles]
+        for i, m in enumerate(doc["models"]):
+            lines.append(f"{'reference' if i == 0 else f'model {i}'}: {m['model']}")
+        for i, match in enumerate(doc.get("matching", []), 1):
+            if not match["looks_like_a_pair"]:
+                lines.append(f"warning: {labels[i]} does not look like a pruned copy of the reference: "
+                             f"{match['shared_ops']} ops share a name, {len(match['only_in_other'])} are only in "
+                             f"{labels[i]} (e.g. {', '.join(match['only_in_other'][:3])}); compared op by op where "
+                             f"names match")
         lines.append("")
-        lines.append(f"top {len(layers_)} layers of the reference (ops grouped by the weighted op they follow):")
-        head = ["layer"] + keys + [f"{k} model{i}" for i in range(1, len(self.sides)) for k in keys] + \
-            ["width"] + [f"width model{i}" for i in range(1, len(self.sides))]
-        body = [[r["layer"][-40:]] + [seconds(r["latency_s"].get(k, 0.0)) for k in keys] +
-                [seconds(r["latency_s"].get(f"{k}@model{i}", 0.0)) for i in range(1, len(self.sides)) for k in keys] +
-                [str(r["width"].get(f"model{i}", 0)) for i in range(len(self.sides))] for r in layers_]
-        lines += _columns([head] + body, 1)
+        lines.append("\n\n".join(t.text() for t in self.tables(top)))
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike) -> None:
-        """Stacked per-layer latency per device (and model), and per-layer widths per model."""
+        """One panel per device: a stacked bar per model, coloured by op type (legend), total on
+        top, each panel on its own scale; below, output channels per layer, one bar per model."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib import colormaps
 
-        table = self.layer_table()
-        names = [r["layer"] for r in table]
-        cmap = colormaps["tab20"]
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 9), gridspec_kw={"height_ratios": [1.2, 1]})
-        bars, labels = [], []
-        for p in self.profiles:
-            for i in range(len(self.sides)):
-                key = p.key if i == 0 else f"{p.key}@model{i}"
-                bars.append([r["latency_s"].get(key, 0.0) * 1e3 for r in table])
-                labels.append(p.key if len(self.sides) == 1 else f"{p.key}\n{'original' if i == 0 else f'model {i}'}")
-        for b, values in enumerate(bars):
-            bottom_at = 0.0
-            for j, v in enumerate(values):
-                top.bar(b, v, bottom=bottom_at, color=cmap(j % 20), edgecolor="white", linewidth=0.3)
-                bottom_at += v
-            top.text(b, bottom_at, f"{bottom_at:.3g} ms", ha="center", va="bottom", fontsize=8)
-        top.set_xticks(range(len(bars)), labels, fontsize=8)
-        top.set_ylabel("roofline latency (ms), stacked by layer")
-        top.set_title("latency per device, one colour per layer")
-        x = range(len(names))
-        for i in range(len(self.sides)):
-            widths = [r["width"].get("model0" if i == 0 else f"model{i}", 0) for r in table]
-            bottom.bar(x, widths, width=0.8 if i == 0 else 0.5, alpha=0.35 if i == 0 else 0.9,
-                       label="original" if i == 0 else f"model {i}", color="tab:gray" if i == 0 else f"C{i}")
-        bottom.set_ylabel("output channels")
-        bottom.set_title("width per layer")
-        step = max(1, len(names) // 40)
-        short = [n.removesuffix(".weight")[-24:] for n in names]
-        bottom.set_xticks(list(x)[::step], short[::step], rotation=90, fontsize=6)
-        bottom.legend(fontsize=8)
-        fig.tight_layout()
+        labels, keys = self.labels(), [p.key for p in self.profiles]
+        by_type = [{p.key: {} for p in self.profiles} for _ in self.sides]
+        for i, side in enumerate(self.sides):
+            for p in self.profiles:
+                for c in side.costs.ops:
+                    if c.costed:
+                        d = by_type[i][p.key]
+                        d[c.op_type] = d.get(c.op_type, 0.0) + p.latency(c)[0]
+                if p.run_overhead_us:
+                    by_type[i][p.key]["run overhead"] = p.run_overhead_us * 1e-6
+        weight: dict[str, float] = {}
+        for per in by_type:
+            for p in self.profiles:
+                total = sum(per[p.key].values()) or 1.0
+                for t, v in per[p.key].items():
+                    weight[t] = weight.get(t, 0.0) + v / total
+        named = [t for t, _ in sorted(weight.items(), key=lambda kv: -kv[1])][:9]
+        palette = {t: f"C{j}" for j, t in enumerate(named)}
+
+        order = {name: j for j, name in enumerate(layer_widths(self.sides[0].graph))}
+        table = sorted((r for r in self.layer_table() if any(r["width"].values())),
+                       key=lambda r: order.get(r["layer"], len(order)))
+        n_layers, n = len(table), len(self.sides)
+        top_h, bottom_h = 4.4, max(3.0, 0.16 * n_layers * max(1.0, n * 0.6) + 1.0)
+        fig = plt.figure(figsize=(max(10.0, 3.4 * len(keys) + 2.5), top_h + bottom_h))
+        upper, lower = fig.subfigures(2, 1, height_ratios=[top_h, bottom_h])
+        axes = upper.subplots(1, len(keys), squeeze=False)[0]
+        upper.subplots_adjust(left=0.08, right=0.84, top=0.86, bottom=0.14, wspace=0.45)
+        for ax, p in zip(axes, self.profiles):
+            totals = [sum(by_type[i][p.key].values()) for i in range(n)]
+            factor, unit = units.time_unit(totals)
+            for i in range(n):
+                bottom = 0.0
+                parts = by_type[i][p.key]
+                for t in named + ["other"]:
+                    v = parts.get(t, 0.0) if t != "other" else sum(v for k, v in parts.items() if k not in palette)
+                    if v:
+                        ax.bar(i, v / factor, bottom=bottom, color=palette.get(t, "0.75"), width=0.6, label=t)
+                        bottom += v / factor
+                ax.text(i, bottom, units.seconds(totals[i]), ha="center", va="bottom", fontsize=9)
+            ax.set_xticks(range(n), labels, fontsize=8, rotation=0 if n < 3 else 20, ha="center" if n < 3 else "right")
+            ax.set_ylabel(f"latency ({unit})")
+            ax.set_title(f"{p.key}\n{textwrap.shorten(p.name, 34, placeholder='...')}", fontsize=9)
+            ax.margins(y=0.12)
+        handles: dict[str, object] = {}
+        for ax in axes:
+            for h, l in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(l, h)
+        order = [t for t in named + ["other"] if t in handles]
+        upper.legend([handles[t] for t in order], order, loc="center right", fontsize=8, title="op type", frameon=False)
+        upper.suptitle("roofline latency of one run per device, stacked by op type (each panel on its own scale)",
+                       fontsize=10)
+        ax = lower.subplots()
+        lower.subplots_adjust(left=0.24, right=0.84, top=0.95, bottom=0.06 if n_layers > 20 else 0.15)
+        height = 0.8 / n
+        ys = range(n_layers)
+        for i in range(n):
+            ax.barh([y + (i - (n - 1) / 2) * height for y in ys],
+                    [r["width"].get(f"model{i}", 0) for r in table], height=height, color=f"C{i}" if n > 1 else "0.4",
+                    label=labels[i])
+        ax.set_yticks(list(ys), [r["layer"].removesuffix(".weight") for r in table], fontsize=7)
+        ax.set_ylim(n_layers - 0.5, -0.5)
+        ax.set_xlabel("output channels")
+        ax.set_title("width per layer (in graph order)", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.savefig(str(path), dpi=110)
         plt.close(fig)
-
-
-def _columns(rows: list[list[str]], left: int) -> list[str]:
-    widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
 
 
 def _ratio(a: float, b: float) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -30,6 +31,8 @@ class Expansion:
     cost: float
     budget: float
     original_cost: float
+    measured: bool = False  # `cost` is that of the grown model as `analyze` counts it (not the estimate)
+    estimate: float = 0.0   # the penalty program's figure for these widths
 
 
 def parse_budget(spec: str, original_cost: float) -> float:
@@ -71,6 +74,14 @@ def head_groups(groups: Groups) -> list[int]:
     return sorted(out)
 
 
+def free_groups(groups: Groups) -> np.ndarray:
+    """Groups whose width the multiplier scales: not pinned, not split into attention heads (new
+    channels cannot be placed head by head yet)."""
+    free = np.array([g.pinned is None for g in groups.groups], dtype=bool)
+    free[head_groups(groups)] = False
+    return free
+
+
 def scaled(base: np.ndarray, free: np.ndarray, step: np.ndarray, w: float) -> np.ndarray:
     """round(w · base) per free group to its step (at least one step); other groups unchanged."""
     grown = np.maximum(step, np.round(w * base / step) * step)
@@ -79,8 +90,7 @@ def scaled(base: np.ndarray, free: np.ndarray, step: np.ndarray, w: float) -> np
 
 def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float, multiple: int = 1) -> Expansion:
     """The largest w with cost(scaled widths) ≤ budget; BadInput if even the smallest widths exceed it."""
-    free = np.array([g.pinned is None for g in groups.groups])
-    free[head_groups(groups)] = False  # heads keep their width: new channels cannot be placed per head yet
+    free = free_groups(groups)
     step = group_steps(groups, multiple)
     cost = lambda w: program.cost(scaled(base, free, step, w).astype(float))
     original = program.cost(program.full_alive())
@@ -95,7 +105,41 @@ def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: fl
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
     widths = scaled(base, free, step, lo)
-    return Expansion(lo, widths, program.cost(widths.astype(float)), budget, original)
+    estimate = program.cost(widths.astype(float))
+    return Expansion(lo, widths, estimate, budget, original, estimate=estimate)
+
+
+def fit(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float, multiple: int,
+        measure: Callable[[np.ndarray], float], rounds: int = 6) -> Expansion:
+    """The largest widths whose *measured* cost (`measure`: the grown model costed as `analyze`
+    costs a file) stays within the budget. The program's estimate finds the multiplier; where the
+    grown model costs more or less than estimated (ops the program does not see, rounding), the
+    target is corrected by the measured ratio and searched again, keeping the best widths found
+    under the budget."""
+    target, best, tried, measured = budget, None, set(), []
+    for _ in range(rounds):
+        try:
+            e = search(program, groups, base, target, multiple)
+        except BadInput:  # the corrected target is below the smallest widths' estimate
+            if best is not None:
+                break
+            smallest = scaled(base, free_groups(groups), group_steps(groups, multiple), 0.0)
+            e = Expansion(0.0, smallest, 0.0, budget, program.cost(program.full_alive()))
+        key = e.widths.tobytes()
+        if key in tried:
+            break
+        tried.add(key)
+        e.cost, e.measured = measure(e.widths), True
+        measured.append(e.cost)
+        if e.cost <= budget and (best is None or e.cost > best.cost):
+            best = e
+        if budget * 0.995 <= e.cost <= budget:
+            break
+        target *= budget / e.cost
+    if best is None:
+        raise BadInput(f"the budget {budget:.4g} is below the cost of the smallest widths "
+                       f"({min(measured):.4g}, measured on the grown model)")
+    return best
 
 
 def alive_widths(groups: Groups, masks: Masks) -> np.ndarray:
@@ -115,12 +159,49 @@ def source_widths(groups: Groups, widths: np.ndarray) -> dict[str, int]:
     return out
 
 
-def carry_widths(original: Groups, pruned: Groups, widths: np.ndarray) -> np.ndarray:
-    """Widths for the groups of the pruned model: each takes the width of the original group
-    of its member tensors (the rewrite keeps tensor names)."""
+def carry_widths(original: Groups, pruned: Groups, masks: Masks, widths: np.ndarray) -> np.ndarray:
+    """Widths for the groups of the pruned model: each takes the width of the original group of
+    one of its channels (the rewrite keeps tensor names, and a tensor keeps its channels in
+    order, so pruned channel j of a tensor is its j-th kept original channel)."""
+    from .oracle import kept_by_tensor, removed_by_tensor
+    kept = kept_by_tensor(original, removed_by_tensor(original, masks))
     out = np.array([g.size for g in pruned.groups], dtype=np.int64)
     for g in pruned.groups:
         tensor = next((t for t in g.members if t in original.plan.spaces), None)
-        if tensor is not None:
-            out[g.id] = int(widths[original.element_group[original.plan.ids(tensor, [0])[0], 0]])
+        if tensor is None:
+            continue
+        j = int(g.channels_of(tensor, np.array([0]))[0])
+        c = int(kept[tensor][j]) if tensor in kept else j
+        out[g.id] = int(widths[original.element_group[original.plan.ids(tensor, [c])[0], 0]])
     return out
+
+
+class Grower:
+    """Grown models of a pruned structure at widths of the original groups, and their cost as
+    `analyze` counts it; `reason` says why this structure cannot be grown (then `cost` is None)."""
+
+    def __init__(self, groups: Groups, result, resource: str, profile=None):
+        from .graph import load
+        from .groups import find_groups
+        self.groups, self.result, self.resource, self.profile = groups, result, resource, profile
+        self.pruned = find_groups(load(result.model))
+        self.last: tuple[bytes, object] | None = None
+        self.reason: str | None = None
+        try:
+            self.model(alive_widths(groups, result.masks))
+        except BadInput as e:
+            self.reason = str(e)
+
+    def model(self, widths: np.ndarray):
+        """The grown ONNX model at these widths (the last one is kept)."""
+        from .grow import grow
+        key = np.asarray(widths).tobytes()
+        if self.last is None or self.last[0] != key:
+            self.last = (key, grow(self.pruned, carry_widths(self.groups, self.pruned, self.result.masks, widths)))
+        return self.last[1]
+
+    def cost(self, widths: np.ndarray) -> float:
+        """The resource of the grown model, from its own cost model (what `analyze` reports)."""
+        from .costs import cost_model
+        from .graph import load
+        return cost_model(load(self.model(widths))).resource(self.resource, self.profile)

@@ -10,6 +10,8 @@ import numpy as np
 from .channels import ChannelPlan, Source, channel_plan
 from .costs import CostModel, cost_model
 from .graph import Graph
+from . import units
+from .tables import TOP, Column, Table
 
 
 @dataclass
@@ -232,29 +234,35 @@ def add_latency_per_channel(groups: Groups, profile, costs: CostModel | None = N
         g.latency_per_channel[profile.key] = per.get(g.id, 0.0)
 
 
-def format_groups(groups: Groups, top: int = 20) -> str:
+def groups_table(groups: Groups, top: int | None = TOP) -> Table:
+    """The groups as `find_groups` orders them (prunable first, then by the MACs of the whole
+    group), with what one channel of each costs."""
+    keys = list(groups.groups[0].latency_per_channel) if groups.groups else []
+    shown = groups.groups if top is None else groups.groups[:top]
+    cols = [Column("id", "int"), Column("size", "int"), Column("MACs/ch", "count", "macs_per_channel"),
+            Column("params/ch", "count", "params_per_channel")]
+    cols += [Column(f"{k}/ch", "seconds", f"latency_{k}_per_channel_s") for k in keys]
+    cols += [Column("sources"), Column("pinned")]
+    body = [[g.id, g.size, g.macs_per_channel, g.params_per_channel] + [g.latency_per_channel[k] for k in keys] +
+            [", ".join(s.weight or s.node for s, _ in g.sources[:3]) + (" ..." if len(g.sources) > 3 else ""),
+             g.pinned or ""] for g in shown]
+    more = len(groups.groups) - len(shown)
+    title = f"{'all' if not more else f'the first {len(shown)} of'} {len(groups.groups)} groups: prunable first, by MACs of the group"
+    return Table("groups", title, cols, body, f"... {more} more groups (--top all)" if more else "")
+
+
+def format_groups(groups: Groups, top: int | None = TOP) -> str:
     """A readable summary: counts, pins by reason, and the largest groups."""
     s = groups.summary()
     lines = [f"{s['groups']} groups: {s['prunable_groups']} prunable ({s['prunable_channels']} channels), "
              f"{s['pinned_channels']} channels pinned",
              f"source output channels: {s['source_channels']}, in prunable groups: {s['prunable_source_channels']} "
-             f"({100 * s['prunable_source_channels'] / max(1, s['source_channels']):.1f}%)"]
+             f"({units.percent(s['prunable_source_channels'], max(1, s['source_channels']))})"]
     if s["pinned_by_reason"]:
         lines.append("pinned channels by reason:")
         lines += [f"  {n:6d}  {r}" for r, n in sorted(s["pinned_by_reason"].items(), key=lambda kv: -kv[1])]
     if s["ops_without_channel_rule"]:
         lines.append("ops without a channel rule (their channels are pinned): " +
                      ", ".join(f"{k} x{v}" for k, v in s["ops_without_channel_rule"].items()))
-    lines.append("")
-    keys = list(groups.groups[0].latency_per_channel) if groups.groups else []
-    lines.append(f"{'id':>4s} {'size':>5s} {'MACs/ch':>10s} {'params/ch':>10s} " +
-                 "".join(f"{k + ' ns/ch':>14s} " for k in keys) + " sources")
-    for g in groups.groups[:top]:
-        names = ", ".join(s.weight or s.node for s, _ in g.sources[:3]) + (" ..." if len(g.sources) > 3 else "")
-        tag = f"  [pinned: {g.pinned}]" if g.pinned else ""
-        lat = "".join(f"{g.latency_per_channel[k] * 1e9:14.2f} " for k in keys)
-        lines.append(f"{g.id:4d} {g.size:5d} {g.macs_per_channel:10.0f} {g.params_per_channel:10.0f} {lat} "
-                     f"{names}{tag}")
-    if len(groups.groups) > top:
-        lines.append(f"... {len(groups.groups) - top} more (--json for all)")
+    lines += ["", groups_table(groups, top).text()]
     return "\n".join(lines)

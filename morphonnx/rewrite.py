@@ -7,7 +7,6 @@ The result computes what the oracle of the applied masks computes (oracle.py, ve
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -16,14 +15,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .absorb import BIAS_INPUT, Fold, compute_folds
-from .costs import cost_model
+from .costs import FOLDED_MAP, cost_model
 from .graph import Graph
 from .groups import Groups
 from .masks import Masks
 from .oracle import Oracle, expand_channels, kept_by_tensor, oracle_model, removed_by_tensor
 from .topology import Morph, compact, morph, revive_blocked
 
-FOLDED_MAP = ".folded_map"
+FOLDED_BIAS = ".folded_bias"
 
 
 def take_or_init(value: np.ndarray, idx: np.ndarray, axis: int, rng: np.random.Generator) -> np.ndarray:
@@ -232,7 +231,7 @@ class Rewriter:
             else:
                 while len(node.inputs) <= bias:
                     node.inputs.append(gs.Variable.empty())
-                node.inputs[bias] = gs.Constant(f"{node.name}.folded_bias", vec.astype(dtype))
+                node.inputs[bias] = gs.Constant(f"{node.name}{FOLDED_BIAS}", vec.astype(dtype))
             return "bias"
         out = node.outputs[0]
         pre = gs.Variable(f"{out.name}.before_fold", dtype=out.dtype)
@@ -326,13 +325,13 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
 
 
 def summarize(graph_before: Graph, pruned: onnx.ModelProto) -> dict:
-    """MACs and params before and after; folded bias maps are constants, not parameters."""
+    """MACs, FLOPs and params before and after (the figures `analyze` gives for each file), and
+    the values of the bias maps folded in for removed channels (counted in params)."""
     from .graph import load
     before = cost_model(graph_before)
     after = cost_model(load(pruned))
-    maps = sum(math.prod(t.dims) for t in pruned.graph.initializer if t.name.endswith(FOLDED_MAP))
-    return {"macs": [before.total("macs"), after.total("macs")], "params": [before.params, after.params - maps],
-            "folded_constant_values": maps}
+    return {"macs": [before.total("macs"), after.total("macs")], "flops": [before.total("flops"), after.total("flops")],
+            "params": [before.params, after.params], "folded_constant_values": after.folded_values}
 
 
 # ---- the whole job ----------------------------------------------------------------------------------

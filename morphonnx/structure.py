@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from .oracle import own_bn, removed_by_tensor
+from . import units
 from .rewrite import PruneResult
+from .tables import TOP, Column, Table
 
 
 def structure(result: PruneResult) -> dict:
@@ -37,17 +39,30 @@ def structure(result: PruneResult) -> dict:
     return doc
 
 
-def format_structure(doc: dict, top: int = 30) -> str:
+def structure_table(doc: dict, top: int | None = TOP) -> Table:
+    """Per source (largest first): channels before and after, the share kept, vanished layers."""
+    rows = sorted(doc["sources"], key=lambda r: -r["channels"])
+    shown = rows if top is None else rows[:top]
+    cols = [Column("layer"), Column("node"), Column("op_type"), Column("channels", "int"), Column("alive", "int"),
+            Column("kept", "percent", "kept_percent"), Column("vanished")]
+    body = [[r["weight"] or r["node"], r["node"], r["op_type"], r["channels"], r["alive"],
+             100 * r["alive"] / r["channels"] if r["channels"] else None, "yes" if r["vanished"] else ""]
+            for r in shown]
+    more = len(rows) - len(shown)
+    title = f"{'all' if not more else f'top {len(shown)} of'} {len(rows)} layers by channels"
+    return Table("layers", title, cols, body, f"... {more} more layers (--top all)" if more else "")
+
+
+def format_structure(doc: dict, top: int | None = TOP) -> str:
     """A readable table of the structure: per source, channels before and after."""
     rows = doc["sources"]
     vanished = sum(r["vanished"] for r in rows)
     before = sum(r["channels"] for r in rows)
     after = sum(r["alive"] for r in rows)
-    lines = [f"{len(rows)} layers, {vanished} vanished; output channels {before} -> {after}", "",
-             f"{'layer':48s} {'channels':>8s} {'alive':>6s}"]
-    for r in rows[:top]:
-        name = r["weight"] or r["node"]
-        lines.append(f"{name[-48:]:48s} {r['channels']:8d} {r['alive']:6d}" + ("  vanished" if r["vanished"] else ""))
-    if len(rows) > top:
-        lines.append(f"... {len(rows) - top} more (--json for all)")
-    return "\n".join(lines)
+    lines = [f"{len(rows)} layers, {vanished} vanished; output channels {before} -> {after}"]
+    costs = doc.get("costs")
+    if costs:
+        lines.append("  ".join(f"{name} {units.count(costs[k][0])} -> {units.count(costs[k][1])} "
+                               f"({units.percent(costs[k][1], costs[k][0])})"
+                               for name, k in (("MACs", "macs"), ("FLOPs", "flops"), ("params", "params"))))
+    return "\n".join(lines + ["", structure_table(doc, top).text()])

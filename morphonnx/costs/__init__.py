@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from ..graph import Graph, node_attr
 
 RULES: dict[str, Callable[["OpContext"], "Work"]] = {}
+FOLDED_MAP = ".folded_map"  # initializers a prune adds for the constant output of removed channels
 
 _FAMILIES = ("conv", "gemm", "normalization", "pool", "reduce", "elementwise", "movement")
 
@@ -73,6 +74,8 @@ class OpCost:
     note: str = ""
     kind: str = ""
     channels: tuple[int, int] | None = None
+    in_shapes: tuple[tuple, ...] = ()   # shapes of the activation inputs (constants left out)
+    out_shapes: tuple[tuple, ...] = ()
 
     @property
     def activation_bytes(self) -> int:
@@ -143,17 +146,39 @@ def _dtype_name(graph: Graph, node: onnx.NodeProto) -> str:
     return "float32"
 
 
+def _shape(graph: Graph, name: str) -> tuple:
+    info = graph.info(name)
+    return tuple(info.shape) if info is not None and info.shape is not None else ()
+
+
 def _is_parameter(graph: Graph, name: str) -> bool:
-    if name not in graph.stored:
-        return False
+    return name in graph.stored and _weight_like(graph, name)
+
+
+def _weight_like(graph: Graph, name: str) -> bool:
+    """A float tensor of at least two elements (one value is a scalar of the op, not a weight)."""
     info = graph.info(name)
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
     return info is not None and info.elem_type in floats and info.shape is not None and math.prod(info.shape) >= 2
 
 
+def parameters(graph: Graph, name: str) -> list[str]:
+    """The parameters a constant input of an op counts as (the one rule behind every params
+    figure): a stored tensor itself; a folded one the stored tensors it is computed from (a
+    transposed or standardized weight is its raw weight, so a tied weight counts once); a
+    folded one computed only from scalars (an exporter's Expand of a zero bias) itself, since
+    the model stores those values once it is rewritten."""
+    found = [p for p in graph.parameters_of(name) if _is_parameter(graph, p)]
+    if not found and name not in graph.stored and _weight_like(graph, name):
+        found = [name]
+    return found
+
+
 def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
     """Cost of one node: its rule's Work plus bytes and parameters from its tensors."""
     cost = OpCost(node.name, node.op_type, _dtype_name(graph, node))
+    cost.in_shapes = tuple(_shape(graph, t) for t in node.input if t and not graph.is_constant(t))
+    cost.out_shapes = tuple(_shape(graph, t) for t in node.output if t)
     rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if rule is None:
         cost.costed = False
@@ -172,7 +197,7 @@ def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
             if work.moves:
                 cost.weight_bytes += ctx.tensor_bytes(t, where)
             if i not in work.non_params:
-                weights += [p for p in graph.parameters_of(t) if _is_parameter(graph, p)]
+                weights += parameters(graph, t)
         elif work.moves and work.read_bytes is None:
             read += ctx.tensor_bytes(t, where)
     if work.moves:
@@ -206,6 +231,26 @@ class CostModel:
         parameters it is computed from; a duplicate the exporter merged counts on its own)."""
         unique = {w for c in self.ops for w in c.weights}
         return sum(math.prod(self.graph.info(w).shape) for w in unique)
+
+    @property
+    def folded_values(self) -> int:
+        """Values of the bias maps and vectors a prune folded in for removed channels (initializers
+        named `*.folded_map`): counted in params (the model stores them), shown apart."""
+        unique = {w for c in self.ops for w in c.weights if w.endswith(FOLDED_MAP)}
+        return sum(math.prod(self.graph.info(w).shape) for w in unique)
+
+    def resource(self, resource: str, profile=None) -> float:
+        """One figure of the model, the same for every command: "macs", "flops", "size" (params)
+        or "latency" (seconds of one run on `profile`: its ops plus the run overhead)."""
+        if resource in ("macs", "flops"):
+            return float(self.total(resource))
+        if resource == "size":
+            return float(self.params)
+        if resource == "latency":
+            if profile is None:
+                raise ValueError("the latency resource needs a profile")
+            return profile.total_latency(self)
+        raise ValueError(f"unknown resource {resource!r}")
 
     def activation_bytes_by_dtype(self) -> dict[str, int]:
         """Activation bytes read plus written, per element type."""
