@@ -1,9 +1,13 @@
 """Calibration of this machine with onnxruntime, and fitting the latency model to measurements.
 
 `calibrate` measures peak GFLOP/s (a large MatMul and a large Conv), memory bandwidth (a
-large Add) and the cost of one op (a chain of tiny ops) and returns a Profile. `fit` turns a
-bare roofline profile into one with per-op-class efficiency factors and overheads, by
-non-negative least squares on measured whole-model latencies.
+large Add) and the cost of one op (a chain of tiny ops) and returns a Profile. Each
+measurement runs in rounds (3, or 5 without --quick) and keeps the best; the spread of the
+rounds, (slowest - fastest) / fastest, is reported and written into the profile's sources,
+and a spread over 10% warns that the machine looks busy. `fit` turns a bare roofline profile
+into one with per-op-class efficiency factors and overheads, by non-negative least squares on
+measured whole-model latencies. Every number of the profile gets a source saying how it was
+measured or fitted.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import os
 import platform
 import sys
 import time
+import warnings
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -26,13 +32,28 @@ from .profiles import Profile
 FIT_CLASSES = ("Conv", "Conv.unaligned", "Conv.depthwise", "Conv.depthwise.unaligned", "Gemm", "MatMul", "*")
 
 
+def _cpu_flags() -> set[str] | None:
+    """The processor's feature flags (from /proc/cpuinfo), None where there is none to read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return None
+    return set(line.partition(":")[2].split())
+
+
 def channel_block() -> int:
     """Channels per block of onnxruntime's blocked (NCHWc) CPU kernels: 16 with AVX-512, else 8."""
-    try:
-        flags = next((line for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return 16 if " avx512f" in flags else 8
+    return 16 if "avx512f" in (_cpu_flags() or ()) else 8
+
+
+def channel_block_source() -> str:
+    """How `channel_block` was found, for a profile's sources."""
+    flags = _cpu_flags()
+    seen = ("no /proc/cpuinfo to read (taken as no AVX-512)" if flags is None
+            else f"/proc/cpuinfo flags {'include' if 'avx512f' in flags else 'lack'} avx512f")
+    return (f"{seen}; onnxruntime's blocked (NCHWc) CPU kernels take 16 channels per block with AVX-512, "
+            "else 8")
 
 
 def cpu_name() -> str:
@@ -50,10 +71,18 @@ def run_time(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.nda
              warmup: int = 2, best: bool = False) -> float:
     """Median (or, with `best`, the shortest) seconds of one onnxruntime run (all optimizations,
     default threads)."""
+    times = _run_times(_session(model), feeds, repeat, warmup)
+    return float(np.min(times) if best else np.median(times))
+
+
+def _session(model: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
-    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def _run_times(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], repeat: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         sess.run(None, feeds)
     times = []
@@ -61,7 +90,50 @@ def run_time(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.nda
         start = time.perf_counter()
         sess.run(None, feeds)
         times.append(time.perf_counter() - start)
-    return float(np.min(times) if best else np.median(times))
+    return times
+
+
+# ---- measuring this machine -------------------------------------------------------------------------
+
+ROUNDS = 3             # rounds of every measurement, --quick included; the best round is kept
+ROUNDS_FULL = 5        # without --quick
+SPREAD_WARNING = 0.10  # rounds further apart than this: the machine looks busy
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure: its value from the best round, and how far apart the rounds were.
+
+    `spread` is (slowest round - fastest round) / fastest round, over the timings the figure is
+    computed from: 0.04 means the slowest round took 4% longer than the fastest. A round is the
+    shortest of several runs, so a spread over SPREAD_WARNING means the machine was likely busy.
+    """
+
+    value: float
+    spread: float
+    rounds: int
+    runs: int  # runs per round
+
+    def how(self) -> str:
+        """How the figure was taken, for a profile's sources."""
+        busy = f" (over {SPREAD_WARNING:.0%}: the machine looked busy, the number may be low)" \
+            if self.spread > SPREAD_WARNING else ""
+        return (f"best of {self.rounds} rounds of {self.runs} runs, spread {self.spread:.1%}: the slowest round "
+                f"took {self.spread:.1%} longer{busy}")
+
+
+def round_times(model: onnx.ModelProto, feeds: dict[str, np.ndarray], rounds: int, repeat: int,
+                warmup: int = 2) -> list[float]:
+    """Seconds of one onnxruntime run in each of `rounds` rounds, a round being the shortest of
+    `repeat` runs (one session, warmed up once). Every measurement of `calibrate` times through here."""
+    sess = _session(model)
+    _run_times(sess, feeds, 0, warmup)
+    return [min(_run_times(sess, feeds, repeat, 0)) for _ in range(rounds)]
+
+
+def spread(times: Sequence[float]) -> float:
+    """(slowest - fastest) / fastest of the rounds' seconds."""
+    return (max(times) - min(times)) / max(min(times), 1e-12)
 
 
 def _model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
@@ -75,72 +147,109 @@ def _f32(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def measure_matmul(n: int, repeat: int) -> float:
+def _rate(work: float, model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int, rounds: int) -> Figure:
+    """`work` per second of the fastest round, in billions."""
+    times = round_times(model, feeds, rounds, repeat)
+    return Figure(work / min(times) / 1e9, spread(times), rounds, repeat)
+
+
+def measure_matmul(n: int, repeat: int, rounds: int = ROUNDS) -> Figure:
     """GFLOP/s of an n×n×n MatMul."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")
     m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_f32("x", [n, n])], [_f32("y", [n, n])], [w])
-    t = run_time(m, {"x": rng.standard_normal((n, n)).astype(np.float32)}, repeat, best=True)
-    return 2 * n ** 3 / t / 1e9
+    return _rate(2 * n ** 3, m, {"x": rng.standard_normal((n, n)).astype(np.float32)}, repeat, rounds)
 
 
-def measure_conv(c: int, hw: int, repeat: int) -> float:
+def measure_conv(c: int, hw: int, repeat: int, rounds: int = ROUNDS) -> Figure:
     """GFLOP/s of a 3x3 Conv with c input and output channels on hw×hw."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((c, c, 3, 3)).astype(np.float32) * 0.05, "w")
     m = _model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
                [_f32("x", [1, c, hw, hw])], [_f32("y", [1, c, hw, hw])], [w])
-    t = run_time(m, {"x": rng.standard_normal((1, c, hw, hw)).astype(np.float32)}, repeat, best=True)
-    return 2 * c * c * 9 * hw * hw / t / 1e9
+    return _rate(2 * c * c * 9 * hw * hw, m, {"x": rng.standard_normal((1, c, hw, hw)).astype(np.float32)},
+                 repeat, rounds)
 
 
-def measure_bandwidth(n: int, repeat: int) -> float:
+def measure_bandwidth(n: int, repeat: int, rounds: int = ROUNDS) -> Figure:
     """GB/s of an elementwise Add of two n-float vectors (3 × 4n bytes moved)."""
     rng = np.random.default_rng(0)
     m = _model([helper.make_node("Add", ["a", "b"], ["y"])], [_f32("a", [n]), _f32("b", [n])], [_f32("y", [n])])
     feeds = {"a": rng.standard_normal(n).astype(np.float32), "b": rng.standard_normal(n).astype(np.float32)}
-    return 12 * n / run_time(m, feeds, repeat, best=True) / 1e9
+    return _rate(12 * n, m, feeds, repeat, rounds)
 
 
-def measure_overheads(ops: int, repeat: int) -> tuple[float, float]:
-    """(µs per op, µs per run) from chains of tiny Neg ops (onnxruntime cannot fuse them away)."""
-    def chain(k: int) -> float:
+def measure_overheads(ops: int, repeat: int, rounds: int = ROUNDS) -> tuple[Figure, Figure]:
+    """(µs per op, µs per run) from chains of 1 and ops + 1 tiny Neg ops (onnxruntime cannot fuse
+    them away), each chain's fastest round: per op (long - short) / ops, per run short - per op.
+    Both take the larger spread of the two chains."""
+    def chain(k: int) -> list[float]:
         nodes = [helper.make_node("Neg", [f"t{i}"], [f"t{i + 1}"]) for i in range(k)]
         m = _model(nodes, [_f32("t0", [1])], [_f32(f"t{k}", [1])])
-        return run_time(m, {"t0": np.ones(1, np.float32)}, repeat * 5)
+        return round_times(m, {"t0": np.ones(1, np.float32)}, rounds, repeat * 5)
     short, long = chain(1), chain(ops + 1)
-    per_op = max((long - short) / ops, 1e-8)
-    return per_op * 1e6, max(short - per_op, 1e-8) * 1e6
+    per_op = max((min(long) - min(short)) / ops, 1e-8)
+    per_run = max(min(short) - per_op, 1e-8)
+    s = max(spread(short), spread(long))
+    return Figure(per_op * 1e6, s, rounds, repeat * 5), Figure(per_run * 1e6, s, rounds, repeat * 5)
 
 
 def calibrate(quick: bool = False, progress: Callable[[str], None] | None = None) -> Profile:
-    """Measure this machine and return its roofline profile."""
+    """Measure this machine and return its roofline profile.
+
+    Every measurement runs in ROUNDS rounds (ROUNDS_FULL without `quick`) and keeps the best;
+    each figure's value, rounds and spread go to `progress` and into the profile's sources.
+    Rounds further apart than SPREAD_WARNING give one "warning: ..." message (to `progress`,
+    else as a RuntimeWarning): the machine looks busy and the numbers may be low.
+    """
     say = progress or (lambda msg: None)
-    repeat = 3 if quick else 10
+    repeat = 10  # runs per round: fewer leave rounds of the small --quick sizes 5-10% apart on an idle machine
+    rounds = ROUNDS if quick else ROUNDS_FULL
     steps = [
-        ("MatMul 512x512x512" if quick else "MatMul 1024x1024x1024", lambda: measure_matmul(512 if quick else 1024, repeat)),
+        ("MatMul 512x512x512" if quick else "MatMul 1024x1024x1024",
+         lambda: measure_matmul(512 if quick else 1024, repeat, rounds)),
         ("Conv 3x3 128->128 on 28x28" if quick else "Conv 3x3 256->256 on 56x56",
-         lambda: measure_conv(128 if quick else 256, 28 if quick else 56, repeat)),
+         lambda: measure_conv(128 if quick else 256, 28 if quick else 56, repeat, rounds)),
         ("Add of two 16M-float vectors" if quick else "Add of two 32M-float vectors",
-         lambda: measure_bandwidth((1 << 24) if quick else (1 << 25), repeat + 2)),
-        ("chains of 100 tiny ops", lambda: measure_overheads(100, repeat)),
+         lambda: measure_bandwidth((1 << 24) if quick else (1 << 25), repeat + 2, rounds)),
+        ("chains of 1 and 101 tiny ops", lambda: measure_overheads(100, repeat, rounds)),
     ]
+    units = (("GFLOP/s",), ("GFLOP/s",), ("GB/s",), ("us per op", "us per run"))
     results = []
-    for i, (what, fn) in enumerate(steps, 1):
+    for i, ((what, fn), unit) in enumerate(zip(steps, units), 1):
         say(f"[{i}/{len(steps)}] {what} ...")
         start = time.perf_counter()
-        results.append(fn())
-        say(f"[{i}/{len(steps)}] {what}: done in {time.perf_counter() - start:.1f}s")
+        result = fn()
+        results.append(result)
+        figures = result if isinstance(result, tuple) else (result,)
+        values = ", ".join(f"{f.value:.4g} {u}" for f, u in zip(figures, unit))
+        say(f"[{i}/{len(steps)}] {what}: {values}, best of {figures[0].rounds} rounds, "
+            f"spread {figures[0].spread:.1%} (in {time.perf_counter() - start:.1f}s)")
     matmul, conv, bandwidth, (per_op, per_run) = results
+    busy = [f"{what} {fig.spread:.0%}" for (what, _), fig in zip(steps, (matmul, conv, bandwidth, per_op))
+            if fig.spread > SPREAD_WARNING]
+    if busy:
+        message = (f"warning: the rounds of a measurement differ by more than {SPREAD_WARNING:.0%} "
+                   f"({', '.join(busy)}): the machine looks busy and the numbers may be low; "
+                   "calibrate again when it is idle")
+        if progress is None:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        say(message)
     when = datetime.date.today().isoformat()
     how = f"measured by morphonnx calibrate{' --quick' if quick else ''} on {when} with onnxruntime {ort.__version__}"
+    block = channel_block()
     return Profile(
         key="calibrated", name=f"{cpu_name()} ({os.cpu_count()} cores, onnxruntime {ort.__version__})", kind="cpu",
-        peak_gflops={"fp32": round(max(matmul, conv), 2)}, bandwidth_gbs=round(bandwidth, 2),
-        op_overhead_us=round(per_op, 3), run_overhead_us=round(per_run, 3), channel_block=channel_block(),
-        sources={"peak_gflops.fp32": f"{how}: {steps[0][0]} {matmul:.1f} GFLOP/s, {steps[1][0]} {conv:.1f} GFLOP/s",
-                 "bandwidth_gbs": f"{how}: {steps[2][0]}, 12 bytes per element",
-                 "op_overhead_us": f"{how}: {steps[3][0]}"})
+        peak_gflops={"fp32": round(max(matmul.value, conv.value), 2)}, bandwidth_gbs=round(bandwidth.value, 2),
+        op_overhead_us=round(per_op.value, 3), run_overhead_us=round(per_run.value, 3), channel_block=block,
+        sources={
+            "peak_gflops.fp32": f"{how}: the faster of {steps[0][0]} {matmul.value:.1f} GFLOP/s ({matmul.how()}) "
+                                f"and {steps[1][0]} {conv.value:.1f} GFLOP/s ({conv.how()})",
+            "bandwidth_gbs": f"{how}: {steps[2][0]}, 12 bytes per element, {bandwidth.value:.2f} GB/s "
+                             f"({bandwidth.how()})",
+            "op_overhead_us": f"{how}: (101-op chain - 1-op chain) / 100 of tiny Neg ops ({per_op.how()})",
+            "run_overhead_us": f"{how}: 1-op chain minus the per-op overhead ({per_run.how()})",
+            "channel_block": f"detected by morphonnx calibrate on {when}: {channel_block_source()}"})
 
 
 # ---- fitting ---------------------------------------------------------------------------------------
@@ -183,8 +292,12 @@ def nnls(a: np.ndarray, b: np.ndarray, sweeps: int = 500) -> np.ndarray:
     return x / scale
 
 
-def fit(profile: Profile, samples: Sequence[tuple[CostModel, float]]) -> Profile:
-    """A profile whose latency model best fits measured seconds of whole models (≥ 5 samples)."""
+def fit(profile: Profile, samples: Sequence[tuple[CostModel, float]], measured: str = "measured models") -> Profile:
+    """A profile whose latency model best fits measured seconds of whole models (≥ 5 samples).
+
+    `measured` says what the samples are, for the sources of the fitted numbers (each fitted
+    efficiency and overhead gets one; a measured overhead's source is replaced).
+    """
     if len(samples) < 5:
         raise ValueError("fit needs at least 5 measured models")
     a = np.stack([features(profile, c) for c, _ in samples])
@@ -194,13 +307,22 @@ def fit(profile: Profile, samples: Sequence[tuple[CostModel, float]]) -> Profile
     used = a[:, : len(FIT_CLASSES)].any(axis=0)
     efficiency = {k: round(float(min(10.0, 1.0 / v)), 4) if v > 0 else 10.0
                   for k, v, u in zip(FIT_CLASSES, w, used) if u}
-    sources = dict(profile.sources)
-    sources["efficiency"] = f"fitted by morphonnx on {len(samples)} measured models on {datetime.date.today()}"
     n = len(FIT_CLASSES)
+    op_overhead, run_overhead = round(float(w[n]) * 1e6, 3), round(float(w[n + 1]) * 1e6, 3)
+    how = (f"fitted by morphonnx on {len(samples)} {measured} on {datetime.date.today()} "
+           "(non-negative least squares on the relative error of whole-model latency)")
+    sources = {k: v for k, v in profile.sources.items()
+               if k not in ("efficiency", "op_overhead_us", "run_overhead_us") and not k.startswith("efficiency.")}
+    for k, v in zip(FIT_CLASSES, w):
+        if k in efficiency:
+            sources[f"efficiency.{k}"] = how if v > 0 else f"{how}; no time left to the class: capped at 10"
+    if op_overhead:
+        sources["op_overhead_us"] = how
+    if run_overhead:
+        sources["run_overhead_us"] = how
     return Profile(profile.key, profile.name, dict(profile.peak_gflops), profile.bandwidth_gbs,
-                   op_overhead_us=round(float(w[n]) * 1e6, 3), kind=profile.kind, sources=sources,
-                   efficiency=efficiency, run_overhead_us=round(float(w[n + 1]) * 1e6, 3),
-                   channel_block=profile.channel_block)
+                   op_overhead_us=op_overhead, kind=profile.kind, sources=sources,
+                   efficiency=efficiency, run_overhead_us=run_overhead, channel_block=profile.channel_block)
 
 
 def random_variants(model, n: int, seed: int = 0, multiple: int = 1):
@@ -237,11 +359,14 @@ def fit_on_models(profile: Profile, models: Sequence[str], variants: int = 12,
         for k, (costs, pruned, feeds) in enumerate(random_variants(m, variants)):
             samples.append((costs, run_time(pruned, feeds, repeat=10, warmup=2)))
             say(f"fit: {os.path.basename(str(m))} variant {k + 1}/{variants}: {samples[-1][1] * 1e3:.2f} ms")
-    return fit(profile, samples)
+    names = ", ".join(os.path.basename(str(m)) for m in models)
+    return fit(profile, samples, f"random-width variants of {names} (each the median of 10 onnxruntime runs)")
 
 
 def progress_printer(stream=None) -> Callable[[str], None]:
-    """A progress callback writing one line per step (to stderr by default)."""
+    """A progress callback writing one line per step (to stderr by default), "calibrate ..." or,
+    for a warning, "warning: ..." as it is."""
     def say(msg: str) -> None:
-        print(f"calibrate {msg}", file=stream or sys.stderr, flush=True)
+        line = msg if msg.startswith("warning:") else f"calibrate {msg}"
+        print(line, file=stream or sys.stderr, flush=True)
     return say

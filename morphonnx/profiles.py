@@ -62,8 +62,8 @@ class Profile:
     def latency(self, cost: OpCost) -> tuple[float, str]:
         """Roofline seconds `max(flops / peak, bytes / bandwidth)` plus overhead, and the bound label.
 
-        The label is "compute" or "memory" by which term is larger, "none" for an op with no
-        work at all (a view or a metadata op).
+        The label is "compute" or "memory" by which term is larger, "overhead" when the per-op
+        overhead is more than both, "none" for an op with no work at all (a view or a metadata op).
         """
         compute = cost.flops / self.peak(cost.dtype)[0]
         memory = cost.bytes / (self.bandwidth_gbs * 1e9)
@@ -71,7 +71,9 @@ class Profile:
             return 0.0, "none"
         eff = self.efficiency_of(cost) if self.efficiency else 1.0
         overhead = self.op_overhead_us * 1e-6
-        return max(compute, memory) / eff + overhead, "compute" if compute >= memory else "memory"
+        work = max(compute, memory) / eff
+        bound = "overhead" if overhead > work else "compute" if compute >= memory else "memory"
+        return work + overhead, bound
 
     def total_latency(self, costs) -> float:
         """Seconds of one run of a model: its ops' latencies plus the per-run overhead."""
@@ -185,8 +187,17 @@ def validate_profile(data: object, path: Path) -> Profile:
     sources = data["sources"]
     if not isinstance(sources, dict):
         raise BadInput(f"profile {path}: field 'sources' must map each number's field to its source")
-    for f in [f"peak_gflops.{p}" for p in peak] + ["bandwidth_gbs"]:
-        if not str(sources.get(f) or "").strip():
+    # Every number needs its source; an optional one only when present and non-zero. Fitted
+    # efficiencies may share one `sources.efficiency` entry instead of one each.
+    numbers = [f"peak_gflops.{p}" for p in peak] + ["bandwidth_gbs"]
+    numbers += [f for f, v in (("op_overhead_us", overhead), ("run_overhead_us", run_overhead),
+                               ("channel_block", block)) if v]
+    numbers += [f"efficiency.{op}" for op in efficiency]
+
+    def sourced(f: str) -> bool:
+        return bool(str(sources.get(f) or "").strip())
+    for f in numbers:
+        if not sourced(f) and not (f.startswith("efficiency.") and sourced("efficiency")):
             raise BadInput(f"profile {path}: field 'sources.{f}' is missing: say where the number comes from")
     return Profile(key=path.stem, name=data["name"].strip(), peak_gflops=peak, bandwidth_gbs=bandwidth,
                    op_overhead_us=float(overhead), kind=str(data.get("kind", "")),

@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .absorb import BIAS_INPUT, Fold, compute_folds
-from .costs import FOLDED_MAP, cost_model
+from .costs import FOLDED_MAP, cost_model, parameters
 from .graph import Graph
 from .groups import Groups
 from .masks import Masks
@@ -314,6 +314,7 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
     morphed = rw.replace_boundaries(values)
     done = {f.node: rw.apply_fold(f) for f in folds if f.node not in m.static_nodes}
     model = rw.export(groups.graph.model)  # shapes stay to the runtime: inferring them would copy every weight
+    drop_zero_biases(groups.graph, model)
     notes += [f"group {gid}: {n} removed channels kept: their silenced value depends on the input"
               for gid, n in revived.items()]
     result = PruneResult(model, groups, masks, done, revived, notes, oracle)
@@ -322,6 +323,38 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
     result.removed_nodes = [n for n in groups.graph.nodes if n not in left]
     result.dropped = m.dropped
     return result
+
+
+def drop_zero_biases(graph: Graph, model: onnx.ModelProto) -> None:
+    """Remove the bias input of a Conv/ConvTranspose whose bias the original computed from no
+    parameter (an exporter's Expand of a scalar zero for `bias=False`) and that is still all
+    zero: the rewrite would otherwise store it, and it would count as parameters it never was."""
+    from onnx import numpy_helper
+    inits = {t.name: t for t in model.graph.initializer}
+    dropped: set[str] = set()
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose") or len(n.input) < 3 or n.name not in graph.nodes:
+            continue
+        was = graph.nodes[n.name].input
+        if len(was) < 3 or not was[2] or not graph.is_constant(was[2]) or parameters(graph, was[2]):
+            continue
+        t = inits.get(n.input[2])
+        if t is not None and not t.external_data and not numpy_helper.to_array(t).any():
+            dropped.add(n.input[2])
+            del n.input[2]
+    used = {t for n in _all_nodes(model.graph) for t in n.input}
+    keep = [t for t in model.graph.initializer if t.name not in dropped or t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """The nodes of a graph and of its subgraphs."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _all_nodes(g)
 
 
 def summarize(graph_before: Graph, pruned: onnx.ModelProto) -> dict:

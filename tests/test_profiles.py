@@ -10,6 +10,11 @@ from morphonnx.profiles import REQUIRED
 
 EXPECTED = {"k80", "p4", "t4", "p100", "v100", "a100-40gb", "a100-80gb", "a10", "l4", "h100-sxm", "h200",
             "jetson-agx-orin", "x86-server-cpu"}
+# MorphNet's latency constants (google-research/morph-net, morph_net/network_regularizers/resource_function.py,
+# PEAK_COMPUTE in GFLOP/s and MEMORY_BANDWIDTH in GB/s): profile → (its key there, GFLOP/s, GB/s).
+MORPHNET = {"morphnet-k80": ("K80", 8740, 480), "morphnet-p4": ("P4", 5500, 192), "morphnet-t4": ("T4", 8100, 300),
+            "morphnet-p100": ("P100", 9300, 732), "morphnet-v100": ("V100", 125000, 900),
+            "morphnet-tpuv2": ("TPUv2", 22500, 300)}
 
 
 def test_bundled_profiles_validate():
@@ -21,6 +26,27 @@ def test_bundled_profiles_validate():
         assert all(f"peak_gflops.{k}" in p.sources for k in p.peak_gflops)
 
 
+def test_morphnet_profiles_reproduce_its_constants():
+    for name, (key, gflops, gbs) in MORPHNET.items():
+        p = load_profile(name)
+        assert p.peak_gflops == {"fp32": gflops} and p.bandwidth_gbs == gbs  # one peak for every precision
+        assert p.peak("float16") == (gflops * 1e9, "fp32")
+        for f, table in (("peak_gflops.fp32", "PEAK_COMPUTE"), ("bandwidth_gbs", "MEMORY_BANDWIDTH")):
+            assert "google-research/morph-net, morph_net/network_regularizers/resource_function.py" in p.sources[f]
+            assert f"{table}['{key}'] = {gflops if table == 'PEAK_COMPUTE' else gbs}," in p.sources[f]
+    # a model costs on MorphNet's V100 what its latency function says: max(flops / 125000 GFLOP/s, bytes / 900 GB/s)
+    conv = OpCost("c", "Conv", "float32", flops=int(125e9), read_bytes=int(4.5e8))  # 1 ms of compute, 0.5 ms of memory
+    assert load_profile("morphnet-v100").latency(conv) == (pytest.approx(1e-3), "compute")
+
+
+def test_profiles_command_lists_the_morphnet_profiles(capsys):
+    from morphonnx.cli import main
+    assert main(["profiles"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    for name in MORPHNET:
+        assert load_profile(name).name in listed[name]
+
+
 def test_profile_by_path(tmp_path):
     src = available_profiles()["v100"]
     (tmp_path / "mine.yaml").write_text(src.read_text())
@@ -30,7 +56,7 @@ def test_profile_by_path(tmp_path):
 def write(tmp_path, **changes):
     data = yaml.safe_load(available_profiles()["v100"].read_text())
     for key, value in changes.items():
-        node, *rest = key.split(".")
+        node, *rest = key.split(".", 1)
         if rest:
             if value is None:
                 data[node].pop(rest[0])
@@ -59,10 +85,29 @@ def test_missing_field(tmp_path, field):
     ({"peak_gflops.fp8x": 3}, r"unknown precision 'peak_gflops.fp8x'"),
     ({"sources.bandwidth_gbs": None}, r"field 'sources.bandwidth_gbs' is missing"),
     ({"bandwith_gbs": 3}, r"unknown field 'bandwith_gbs'"),
+    ({"op_overhead_us": 5}, r"bad.yaml: field 'sources.op_overhead_us' is missing: say where"),
+    ({"run_overhead_us": 20}, r"bad.yaml: field 'sources.run_overhead_us' is missing"),
+    ({"channel_block": 16}, r"bad.yaml: field 'sources.channel_block' is missing"),
+    ({"efficiency": {"Conv": 0.5}}, r"bad.yaml: field 'sources.efficiency.Conv' is missing"),
+    ({"efficiency": {"Conv": 0.5, "*": 0.4}, "sources.efficiency.Conv": "fitted"},
+     r"field 'sources.efficiency.\*' is missing"),
+    ({"op_overhead_us": 5, "sources.op_overhead_us": " "}, r"field 'sources.op_overhead_us' is missing"),
 ])
 def test_bad_fields(tmp_path, changes, message):
     with pytest.raises(BadInput, match=message):
         load_profile(write(tmp_path, **changes))
+
+
+def test_optional_numbers_with_sources_load(tmp_path):
+    path = write(tmp_path, op_overhead_us=5, run_overhead_us=20, channel_block=16, efficiency={"Conv": 0.5, "*": 0.4},
+                 **{"sources.op_overhead_us": "measured", "sources.run_overhead_us": "measured",
+                    "sources.channel_block": "AVX-512", "sources.efficiency.Conv": "fitted",
+                    "sources.efficiency.*": "fitted"})
+    p = load_profile(path)
+    assert (p.op_overhead_us, p.run_overhead_us, p.channel_block, p.efficiency) == (5, 20, 16, {"Conv": 0.5, "*": 0.4})
+    # zero means absent: no source needed; one `sources.efficiency` entry covers every fitted efficiency
+    assert load_profile(write(tmp_path, op_overhead_us=0, run_overhead_us=0, channel_block=0)).op_overhead_us == 0
+    assert load_profile(write(tmp_path, efficiency={"Conv": 0.5, "*": 0.4}, **{"sources.efficiency": "fitted"}))
 
 
 def test_bad_yaml_and_unknown_names(tmp_path):

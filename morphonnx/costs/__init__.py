@@ -165,13 +165,8 @@ def _weight_like(graph: Graph, name: str) -> bool:
 def parameters(graph: Graph, name: str) -> list[str]:
     """The parameters a constant input of an op counts as (the one rule behind every params
     figure): a stored tensor itself; a folded one the stored tensors it is computed from (a
-    transposed or standardized weight is its raw weight, so a tied weight counts once); a
-    folded one computed only from scalars (an exporter's Expand of a zero bias) itself, since
-    the model stores those values once it is rewritten."""
-    found = [p for p in graph.parameters_of(name) if _is_parameter(graph, p)]
-    if not found and name not in graph.stored and _weight_like(graph, name):
-        found = [name]
-    return found
+    transposed or standardized weight is its raw weight, so a tied weight counts once)."""
+    return [p for p in graph.parameters_of(name) if _is_parameter(graph, p)]
 
 
 def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
