@@ -378,7 +378,7 @@ def _expand(args: argparse.Namespace, out: Outputs) -> int:
         e = search(program, groups, base, budget, args.round_to)
         shrunk = program.cost(base.astype(float))
     else:
-        e = fit(program, groups, base, budget, args.round_to, grower.cost)
+        e = fit(program, groups, base, budget, grower.steps(args.round_to), grower.cost)
         shrunk = grower.cost(base)
     fmt = lambda v: fmt_resource(v, args.resource)
     how = "of the grown model, as analyze counts it" if e.measured else \

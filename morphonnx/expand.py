@@ -52,9 +52,11 @@ def parse_budget(spec: str, original_cost: float) -> float:
     return value
 
 
-def group_steps(groups: Groups, multiple: int = 1) -> np.ndarray:
+def group_steps(groups: Groups, multiple: int | np.ndarray = 1) -> np.ndarray:
     """Per group, the step its width must be a multiple of (grouped convs and attention heads need
-    equal blocks)."""
+    equal blocks); `multiple` an array of steps is taken as it is."""
+    if isinstance(multiple, np.ndarray):
+        return multiple
     step = np.full(len(groups.groups), max(1, multiple), dtype=np.int64)
     for tensor, n in groups.plan.block_constraints:
         for gid in set(groups.element_group[groups.plan.ids(tensor), 0].tolist()):
@@ -88,7 +90,8 @@ def scaled(base: np.ndarray, free: np.ndarray, step: np.ndarray, w: float) -> np
     return np.where(free & (base > 0), grown, base).astype(np.int64)
 
 
-def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float, multiple: int = 1) -> Expansion:
+def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float,
+           multiple: int | np.ndarray = 1) -> Expansion:
     """The largest w with cost(scaled widths) ≤ budget; BadInput if even the smallest widths exceed it."""
     free = free_groups(groups)
     step = group_steps(groups, multiple)
@@ -109,37 +112,65 @@ def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: fl
     return Expansion(lo, widths, estimate, budget, original, estimate=estimate)
 
 
-def fit(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float, multiple: int,
-        measure: Callable[[np.ndarray], float], rounds: int = 6) -> Expansion:
+def fit(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float, multiple: int | np.ndarray,
+        measure: Callable[[np.ndarray], float], rounds: int = 10) -> Expansion:
     """The largest widths whose *measured* cost (`measure`: the grown model costed as `analyze`
-    costs a file) stays within the budget. The program's estimate finds the multiplier; where the
-    grown model costs more or less than estimated (ops the program does not see, rounding), the
-    target is corrected by the measured ratio and searched again, keeping the best widths found
-    under the budget."""
-    target, best, tried, measured = budget, None, set(), []
+    costs a file) stays within the budget.
+
+    The program's estimate gives the first multiplier; where the grown model costs more or less
+    than estimated (ops the program does not see, rounding), the next guess searches the program
+    for a target corrected by the measured ratio, and once a multiplier under and one over the
+    budget are known, bisects between them. Stops within 0.5% under the budget."""
+    free, step = free_groups(groups), group_steps(groups, multiple)
+    original = program.cost(program.full_alive())
+    seen: dict[bytes, float] = {}
+    under: Expansion | None = None
+    over_w = math.inf
+
+    def trial(w: float) -> Expansion:
+        widths = scaled(base, free, step, w)
+        key = widths.tobytes()
+        if key not in seen:
+            seen[key] = measure(widths)
+        return Expansion(w, widths, seen[key], budget, original, measured=True,
+                         estimate=program.cost(widths.astype(float)))
+
+    w = _multiplier(program, groups, base, budget, multiple)
     for _ in range(rounds):
-        try:
-            e = search(program, groups, base, target, multiple)
-        except BadInput:  # the corrected target is below the smallest widths' estimate
-            if best is not None:
+        e = trial(w)
+        if e.cost <= budget:
+            if under is None or e.cost > under.cost or (e.cost == under.cost and w < under.multiplier):
+                under = e
+            if e.cost >= 0.995 * budget:
                 break
-            smallest = scaled(base, free_groups(groups), group_steps(groups, multiple), 0.0)
-            e = Expansion(0.0, smallest, 0.0, budget, program.cost(program.full_alive()))
-        key = e.widths.tobytes()
-        if key in tried:
+        else:
+            over_w = min(over_w, w)
+        lo = under.multiplier if under is not None else None
+        # the program's target that the measured ratio says lands on the budget
+        guess = _multiplier(program, groups, base, budget * e.estimate / e.cost, multiple) if e.cost else w * 2
+        if lo is not None and over_w < math.inf:
+            guess = guess if lo < guess < over_w else (lo + over_w) / 2
+        elif lo is None and guess >= over_w:
+            guess = over_w * 0.97
+        if over_w - (lo or 0.0) < 1e-6 or guess == w:
             break
-        tried.add(key)
-        e.cost, e.measured = measure(e.widths), True
-        measured.append(e.cost)
-        if e.cost <= budget and (best is None or e.cost > best.cost):
-            best = e
-        if budget * 0.995 <= e.cost <= budget:
-            break
-        target *= budget / e.cost
-    if best is None:
-        raise BadInput(f"the budget {budget:.4g} is below the cost of the smallest widths "
-                       f"({min(measured):.4g}, measured on the grown model)")
-    return best
+        w = guess
+    if under is None:
+        smallest = trial(0.0)
+        if smallest.cost > budget:
+            raise BadInput(f"the budget {budget:.4g} is below the cost of the smallest widths "
+                           f"({smallest.cost:.4g}, measured on the grown model)")
+        under = smallest
+    return under
+
+
+def _multiplier(program: PenaltyProgram, groups: Groups, base: np.ndarray, target: float,
+                multiple: int | np.ndarray) -> float:
+    """The program's largest multiplier within `target` (0 when even the smallest widths exceed it)."""
+    try:
+        return search(program, groups, base, target, multiple).multiplier
+    except BadInput:
+        return 0.0
 
 
 def alive_widths(groups: Groups, masks: Masks) -> np.ndarray:
@@ -160,19 +191,27 @@ def source_widths(groups: Groups, widths: np.ndarray) -> dict[str, int]:
 
 
 def carry_widths(original: Groups, pruned: Groups, masks: Masks, widths: np.ndarray) -> np.ndarray:
-    """Widths for the groups of the pruned model: each takes the width of the original group of
-    one of its channels (the rewrite keeps tensor names, and a tensor keeps its channels in
-    order, so pruned channel j of a tensor is its j-th kept original channel)."""
+    """Widths for the groups of the pruned model: each takes the width of its original group."""
+    out = np.array([g.size for g in pruned.groups], dtype=np.int64)
+    for pid, gid in original_groups(original, pruned, masks).items():
+        out[pid] = int(widths[gid])
+    return out
+
+
+def original_groups(original: Groups, pruned: Groups, masks: Masks) -> dict[int, int]:
+    """Pruned group → the original group of one of its channels (the rewrite keeps tensor names,
+    and a tensor keeps its channels in order, so pruned channel j of a tensor is its j-th kept
+    original channel)."""
     from .oracle import kept_by_tensor, removed_by_tensor
     kept = kept_by_tensor(original, removed_by_tensor(original, masks))
-    out = np.array([g.size for g in pruned.groups], dtype=np.int64)
+    out = {}
     for g in pruned.groups:
         tensor = next((t for t in g.members if t in original.plan.spaces), None)
         if tensor is None:
             continue
         j = int(g.channels_of(tensor, np.array([0]))[0])
         c = int(kept[tensor][j]) if tensor in kept else j
-        out[g.id] = int(widths[original.element_group[original.plan.ids(tensor, [c])[0], 0]])
+        out[g.id] = int(original.element_group[original.plan.ids(tensor, [c])[0], 0])
     return out
 
 
@@ -184,13 +223,26 @@ class Grower:
         from .graph import load
         from .groups import find_groups
         self.groups, self.result, self.resource, self.profile = groups, result, resource, profile
-        self.pruned = find_groups(load(result.model))
         self.last: tuple[bytes, object] | None = None
         self.reason: str | None = None
+        try:
+            self.pruned = find_groups(load(result.model))
+        except BadInput as e:
+            self.reason = f"expand -o: the channel groups of the shrunk model cannot be read ({e})"
+            return
         try:
             self.model(alive_widths(groups, result.masks))
         except BadInput as e:
             self.reason = str(e)
+
+    def steps(self, multiple: int = 1) -> np.ndarray:
+        """Per original group, the step its width must be a multiple of: its own, and that of
+        the pruned model's group it becomes (a grouped conv that lost whole conv groups)."""
+        step = group_steps(self.groups, multiple)
+        pruned = group_steps(self.pruned, 1)
+        for pid, gid in original_groups(self.groups, self.pruned, self.result.masks).items():
+            step[gid] = math.lcm(int(step[gid]), int(pruned[pid]))
+        return step
 
     def model(self, widths: np.ndarray):
         """The grown ONNX model at these widths (the last one is kept)."""

@@ -14,14 +14,11 @@ def grow(groups: Groups, widths: np.ndarray) -> onnx.ModelProto:
     """The model with every group at `widths` channels: existing channels keep their weights
     (the first ones, when a group narrows), new ones are freshly initialized (MorphNet retrains
     the expanded network from scratch; this model is for timing and inspection)."""
-    hooks = [getattr(h, "__qualname__", "") for h in groups.plan.hooks.values()]
-    if any(h.startswith(("_slice_bounds", "_grouped_columns")) for h in hooks):
-        raise BadInput("expand -o: grouped convolutions and Slices of channels cannot be grown yet "
-                       "(the expanded structure can still be written with --json)")
     order = {g.id: widened(g.size, int(widths[g.id])) for g in groups.groups}
     kept = {t: idx for t in groups.plan.spaces for idx in [tensor_order(groups, t, order)] if idx is not None}
     rw = Rewriter(groups, kept, Morph())
     rw.norm_values = None  # a new model, not a pruned one: its norms normalize over their new width
+    rw.growing = True
     rw.slice_constants()
     rw.run_hooks()
     return without_folds(rw.export(groups.graph.model))
@@ -58,24 +55,27 @@ def tensor_order(groups: Groups, tensor: str, order: dict[int, np.ndarray]) -> n
     order of group channels; None if the tensor does not change.
 
     The tensor's channels are walked in order, one run per group (a concat holds several);
-    each run is laid out in its group's new order.
+    each run keeps its old channels in the group's new order, and a group's new channels go at
+    the end of its last run (a group in two runs: the channels around a Slice). A changing group
+    in three runs or more interleaves with others (a channel shuffle): refused.
     """
     eg = groups.element_group[groups.plan.ids(tensor)]
-    out, c, changed, seen = [], 0, False, set()
-    while c < len(eg):
-        gid, start = int(eg[c, 0]), c
-        while c < len(eg) and eg[c, 0] == gid:
-            c += 1
-        if gid in seen and not np.array_equal(order[gid], np.arange(groups.groups[gid].size)):
+    cuts = np.flatnonzero(np.diff(eg[:, 0])) + 1
+    runs = [(int(eg[a, 0]), int(a), int(b)) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(eg)])]
+    last = {gid: j for j, (gid, _, _) in enumerate(runs)}
+    count = {gid: int(np.sum(eg[:, 0] == gid)) for gid in last}
+    out, changed = [], False
+    for j, (gid, start, stop) in enumerate(runs):
+        size = groups.groups[gid].size
+        same = np.array_equal(order[gid], np.arange(size))
+        if not same and sum(r[0] == gid for r in runs) > 2:
             raise BadInput(f"expand -o: the channels of tensor '{tensor}' interleave groups (a channel shuffle); "
                            f"growing them is not written yet (the expanded structure can still be written with --json)")
-        seen.add(gid)
-        size = groups.groups[gid].size
         by_k: dict[int, list[int]] = {}
-        for ch in range(start, c):
+        for ch in range(start, stop):
             by_k.setdefault(int(eg[ch, 1]), []).append(ch)
-        m = max(1, (c - start) // size)
+        m = max(1, count[gid] // size)
         for k in order[gid].tolist():
-            out += by_k.get(k, []) if k >= 0 else [-1] * m
-        changed |= not np.array_equal(order[gid], np.arange(size))
+            out += by_k.get(k, []) if k >= 0 else [-1] * m if j == last[gid] else []
+        changed |= not same
     return np.array(out, dtype=np.int64) if changed else None

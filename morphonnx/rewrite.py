@@ -56,6 +56,11 @@ class RewriteContext:
         """Kept channel indices of a tensor, None if it keeps all (or has no channels)."""
         return self.rw.kept.get(self._name(t))
 
+    @property
+    def growing(self) -> bool:
+        """True when the rewrite grows the model (new channels are -1, widths may narrow)."""
+        return self.rw.growing
+
     def size(self, t) -> int:
         """The tensor's channel count before pruning."""
         return self.rw.plan.spaces[self._name(t)].size
@@ -109,6 +114,7 @@ class Rewriter:
         self._weights: dict[str, str] | None = None
         # LayerNorm → its removed channels' values (None when growing: norms stay plain)
         self.norm_values: dict[str, np.ndarray] | None = {}
+        self.growing = False  # a grown model (`grow`): kept indices may be -1 (new channels)
 
     def set_const(self, node: gs.Node, i: int, value: np.ndarray) -> None:
         old = node.inputs[i]

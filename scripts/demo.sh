@@ -15,4 +15,4 @@ echo
 "$VENV/bin/morphonnx" prune "$MODEL" --threshold 0.95 -o demo-out/pruned.onnx
 echo
 "$VENV/bin/morphonnx" compare "$MODEL" demo-out/pruned.onnx --profile p100 --profile v100 --top 5 \
-    --plot demo-out/compare.png --json demo-out/compare.json
+    --plot demo-out/compare.png --json demo-out/compare.json --md demo-out/compare.md --csv demo-out/compare.csv

@@ -109,3 +109,61 @@ def test_keras_and_torch_agree_on_shared_architectures(zoo):
             for n in ("inception_v3", "keras_inception_v3", "densenet121", "keras_densenet121")}
     assert macs["keras_inception_v3"] == pytest.approx(macs["inception_v3"], rel=0.001)
     assert macs["keras_densenet121"] == pytest.approx(macs["densenet121"], rel=0.001)
+
+
+ONE_TRUTH = [("resnet18", "bn"), ("googlenet", "ts"), ("mobilenet_v2", "folded"), ("densenet121", "bn")]
+RUN_OVERHEAD = """name: test device with a per-run overhead
+peak_gflops: {fp32: 1000}
+bandwidth_gbs: 100
+op_overhead_us: 1.5
+run_overhead_us: 10
+sources: {peak_gflops.fp32: test, bandwidth_gbs: test, op_overhead_us: test, run_overhead_us: test}
+"""
+
+
+@pytest.mark.parametrize("name, kind", ONE_TRUTH)
+def test_one_cost_truth_across_commands(zoo, tmp_path, capsys, name, kind):
+    """analyze, compare, prune, structure and expand give the same figures for the same file:
+    prune's before/after are analyze's totals of the original and of the written file, compare's
+    totals are analyze's (run overhead included), and expand -o writes a model whose cost by
+    analyze's count is the one it reports, within [95%, 100%] of the budget."""
+    import json
+    from morphonnx.cli import main
+    from morphonnx.groups import find_groups
+    from morphonnx.masks import legalize, masks_document, random_masks
+    out, manifest = zoo
+    model = out / manifest[name]["files"][kind]
+    groups = find_groups(morphonnx.load(model))
+    masks = tmp_path / "masks.json"
+    masks.write_text(json.dumps(masks_document(groups, legalize(groups, random_masks(groups, 1)))))
+    device = tmp_path / "dev.yaml"
+    device.write_text(RUN_OVERHEAD)
+    pruned = tmp_path / "pruned.onnx"
+    j = lambda f: json.loads((tmp_path / f).read_text())
+    assert main(["prune", str(model), "--masks", str(masks), "-o", str(pruned), "--json", str(tmp_path / "p.json")]) == 0
+    for f, m in (("a0.json", model), ("a1.json", pruned)):
+        assert main(["analyze", str(m), "--profile", str(device), "--profile", "v100", "--json", str(tmp_path / f)]) == 0
+    assert main(["compare", str(model), str(pruned), "--profile", str(device), "--profile", "v100",
+                 "--json", str(tmp_path / "c.json")]) == 0
+    assert main(["structure", str(model), "--masks", str(masks), "--json", str(tmp_path / "s.json")]) == 0
+    p, a0, a1, c, s = j("p.json"), j("a0.json"), j("a1.json"), j("c.json"), j("s.json")
+    for key in ("macs", "flops", "params"):
+        assert p[key] == [a0["totals"][key], a1["totals"][key]] == s["costs"][key]
+    assert p["folded_constant_values"] == a1["totals"]["folded_constant_values"]
+    for i, a in enumerate((a0, a1)):
+        assert c["models"][i]["latency_s"] == pytest.approx(a["totals"]["latency_s"], rel=1e-12)
+        assert c["models"][i]["params"] == a["totals"]["params"] and c["models"][i]["macs"] == a["totals"]["macs"]
+    assert a0["totals"]["latency_s"]["dev"] == pytest.approx(a0["totals"]["ops_latency_s"]["dev"] + 10e-6)
+    for resource, figure in (("macs", "macs"), ("size", "params"), ("latency", "latency_s")):
+        grown = tmp_path / f"grown_{resource}.onnx"
+        assert main(["expand", str(model), "--masks", str(masks), "--budget", "80%", "--resource", resource,
+                     "--profile", str(device), "-o", str(grown), "--json", str(tmp_path / "e.json")]) == 0
+        e = j("e.json")
+        assert main(["analyze", str(grown), "--profile", str(device), "--json", str(tmp_path / "g.json")]) == 0
+        total = j("g.json")["totals"][figure]
+        total = total["dev"] if resource == "latency" else total
+        original = a0["totals"][figure]["dev"] if resource == "latency" else a0["totals"][figure]
+        assert e["original_cost"] == pytest.approx(original, rel=1e-12) and e["cost_measured"]
+        assert e["cost"] == pytest.approx(total, rel=1e-9)
+        assert 0.95 * e["budget"] <= total <= e["budget"]
+    capsys.readouterr()

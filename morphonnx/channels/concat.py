@@ -119,7 +119,10 @@ def _slice_bounds(k: int, start: int):
     def hook(rw) -> None:
         x, out = rw.node.inputs[0], rw.node.outputs[0]
         kept_in = rw.kept(x)
-        new_start = int(np.sum(kept_in < start)) if kept_in is not None else start
+        # the first kept channel at or after `start` (a grown model's new channels, -1, end
+        # each group's run, so they count with the runs before it)
+        at = np.flatnonzero(kept_in >= start) if kept_in is not None else None
+        new_start = start if kept_in is None else int(at[0]) if at.size else len(kept_in)
         starts, ends = rw.const(1).copy(), rw.const(2).copy()
         starts[k], ends[k] = new_start, new_start + rw.kept_count(out)
         rw.set_const(1, starts)

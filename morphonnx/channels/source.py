@@ -65,6 +65,8 @@ def _grouped_columns(in_per_group: int, out_per_group: int):
         n_groups = rw.size(x) // in_per_group
         kept_in = np.arange(rw.size(x)) if kept_in is None else kept_in
         kept_out = np.arange(n_groups * out_per_group) if kept_out is None else kept_out
+        if rw.growing:
+            return _grow_grouped(rw, kept_in, kept_out, n_groups, in_per_group, out_per_group)
         g_in, g_out = kept_in // in_per_group, kept_out // out_per_group
         live = np.unique(g_out)
         n_in, n_out = np.bincount(g_in, minlength=n_groups)[live], np.bincount(g_out, minlength=n_groups)[live]
@@ -78,6 +80,22 @@ def _grouped_columns(in_per_group: int, out_per_group: int):
         if len(live) != n_groups:
             rw.set_attr("group", len(live))
     return hook
+
+
+def _grow_grouped(rw, kept_in: np.ndarray, kept_out: np.ndarray, n_groups: int, in_per_group: int,
+                  out_per_group: int) -> None:
+    """A grown grouped conv (new channels are -1): the same group count over the new widths;
+    a weight keeps its old value where its row and column are old channels of one old conv
+    group, and gets fresh values at the weight's scale elsewhere (the model is retrained)."""
+    w = rw.const(1)  # rows already laid out for kept_out (new rows fresh)
+    new_in, new_out = len(kept_in) // n_groups, len(kept_out) // n_groups
+    rng = np.random.default_rng(len(kept_in) * 1_000_003 + len(kept_out))
+    out = rng.normal(0.0, float(w.std()) or 1.0, (len(kept_out), new_in) + w.shape[2:]).astype(w.dtype)
+    for r, o in enumerate(kept_out.tolist()):
+        cols = kept_in[(r // new_out) * new_in:(r // new_out + 1) * new_in]
+        same = (o >= 0) & (cols >= 0) & (cols // in_per_group == o // out_per_group)
+        out[r, same] = w[r, cols[same] % in_per_group]
+    rw.set_const(1, out)
 
 
 @register("ConvTranspose")
