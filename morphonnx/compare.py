@@ -44,6 +44,17 @@ def layer_widths(graph: Graph) -> dict[str, int]:
     return widths
 
 
+def layer_label(name: str) -> str:
+    """A layer's short name for a plot: a weight's module path without `.weight`
+    (`layer1.0.conv1`), a TensorFlow tensor's layer scope (`inception_v3_1/conv2d_1/convolution/
+    merged_input:0` → `conv2d_1`)."""
+    name = name.split(":")[0]
+    for suffix in (".weight", ".bias", ".kernel"):
+        name = name.removesuffix(suffix)
+    parts = [p for p in name.split("/") if p]
+    return parts[1] if len(parts) >= 3 else parts[-1] if parts else name
+
+
 @dataclass
 class Side:
     """One model costed on the profiles."""
@@ -272,18 +283,21 @@ class Comparison:
         upper.suptitle("roofline latency of one run per device, stacked by op type (each panel on its own scale)",
                        fontsize=10)
         ax = lower.subplots()
-        lower.subplots_adjust(left=0.24, right=0.84, top=0.95, bottom=0.06 if n_layers > 20 else 0.15)
+        label_in = 7 / 72 * 0.62 * max((len(x) for x in map(layer_label, (r["layer"] for r in table))), default=8)
+        lower.subplots_adjust(left=min(0.5, label_in / fig.get_figwidth() + 0.03), right=0.84, top=0.95,
+                              bottom=0.06 if n_layers > 20 else 0.15)
         height = 0.8 / n
         ys = range(n_layers)
         for i in range(n):
             ax.barh([y + (i - (n - 1) / 2) * height for y in ys],
                     [r["width"].get(f"model{i}", 0) for r in table], height=height, color=f"C{i}" if n > 1 else "0.4",
                     label=labels[i])
-        ax.set_yticks(list(ys), [r["layer"].removesuffix(".weight") for r in table], fontsize=7)
+        names = [layer_label(r["layer"]) for r in table]
+        ax.set_yticks(list(ys), names, fontsize=7)
         ax.set_ylim(n_layers - 0.5, -0.5)
         ax.set_xlabel("output channels")
-        ax.set_title("width per layer (in graph order)", fontsize=10)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.set_title("width per layer (in graph order)", fontsize=10, loc="right")
+        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=n, frameon=False)
         fig.savefig(str(path), dpi=110)
         plt.close(fig)
 

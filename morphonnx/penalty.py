@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .costs import CostModel, cost_model
+from .costs import CostModel, cost_model, parameters
 from .groups import Groups
 from .profiles import Profile
 
@@ -143,8 +143,9 @@ def _split(value: float, consumed: str | None, out: str | None, groups: Groups, 
     return 0.0, 0.0, 0.0, value
 
 
-def _weight_terms(groups: Groups, cost, consumed, out) -> tuple[list[tuple], list[tuple]]:
-    """Per weight of an op: (params, bytes) coefficient tuples, by which sides index the weight."""
+def _weight_terms(groups: Groups, cost, consumed, out, seen: set[str]) -> tuple[list[tuple], list[tuple]]:
+    """Per weight of an op: (params, bytes) coefficient tuples, by which sides index the weight;
+    a parameter in `seen` (read by an earlier op) is not counted again, as in CostModel.params."""
     graph, plan = groups.graph, groups.plan
     node = graph.nodes[cost.name]
     sliced: dict[int, set[str]] = {}
@@ -154,7 +155,7 @@ def _weight_terms(groups: Groups, cost, consumed, out) -> tuple[list[tuple], lis
         sliced.setdefault(sl.input, set()).add(side)
     params, nbytes = [], []
     for i, t in enumerate(node.input):
-        if not t or not graph.is_constant(t):
+        if not t or i not in cost.weight_inputs:
             continue
         info = graph.info(t)
         n = int(np.prod(info.shape)) if info and info.shape is not None else 0
@@ -162,8 +163,11 @@ def _weight_terms(groups: Groups, cost, consumed, out) -> tuple[list[tuple], lis
         kind = "io" if sides == {"i", "o"} else "i" if sides == {"i"} else "o" if sides == {"o"} else ""
         itemsize = info.dtype.itemsize if info is not None and info.dtype is not None else 4
         nbytes.append(_split(n * itemsize, consumed, out, groups, kind))
-        if t in cost.weights:
-            params.append(_split(n, consumed, out, groups, kind))
+        counted = [w for w in parameters(graph, t) if w in cost.weights and w not in seen]
+        seen.update(counted)
+        if counted:  # a folded weight counts the parameters it is computed from
+            size = sum(int(np.prod(graph.info(w).shape)) for w in counted)
+            params.append(_split(size, consumed, out, groups, kind))
     return params, nbytes
 
 
@@ -209,7 +213,7 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
         sources[name] = slots
     trip = {"i": ([], [], []), "o": ([], [], [])}
     coeffs: dict[str, list[list[float]]] = {}
-    names = []
+    names, seen = [], set()
     for k, c in enumerate(ops):
         consumed, out = _sides(groups, c.name)
         for side, tensor in (("i", consumed), ("o", out)):
@@ -217,9 +221,10 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
                 trip[side][0].append(k)
                 trip[side][1].append(g)
                 trip[side][2].append(n)
-        params, nbytes = _weight_terms(groups, c, consumed, out)
+        params, nbytes = _weight_terms(groups, c, consumed, out, seen)
         flops = _split(c.flops, consumed, out, groups, "io" if c.macs else "o" if out else "i")
-        act = np.add(_split(c.read_bytes, consumed, out, groups, "i" if consumed else "o"),
+        # a read of what has no channels here (the graph input of a first conv) is a constant
+        act = np.add(_split(c.read_bytes, consumed, out, groups, "i" if consumed else "o" if not c.macs else ""),
                      _split(c.write_bytes, consumed, out, groups, "o"))
         coeffs.setdefault("flops", []).append(list(flops))
         coeffs.setdefault("macs", []).append(list(_split(c.macs, consumed, out, groups, "io")))
@@ -258,31 +263,58 @@ def slot_gammas(program: PenaltyProgram, gammas: dict[str, np.ndarray]) -> np.nd
 class GammaRegularizer:
     """What the framework adapters share: everything computed from the current per-slot gammas.
 
-    A subclass sets `program`, `groups` and `threshold` and implements `slot_gammas()`.
+    A subclass sets `program`, `groups` and `threshold`, implements `slot_gammas()`, and sets
+    `names`: per weight source (ONNX node name), the name its framework gives the layer that
+    owns the weight (a torch module, a Keras layer). `structure()` and `alive_masks()` are keyed
+    by those names; `onnx_masks()` (what `morphonnx prune --masks` reads) and `onnx_names()`
+    give the ONNX side.
     """
 
     program: PenaltyProgram
     groups: Groups
     threshold: float
+    names: dict[str, str] = {}
 
     def slot_gammas(self) -> np.ndarray:
         """Current per-slot gammas (max |gamma| over each slot's sources)."""
         raise NotImplementedError
 
     def cost(self) -> float:
-        """The resource of the structure alive now (FLOPs, MACs, params or seconds)."""
+        """The resource of the structure alive now (FLOPs, MACs, params or seconds), per sample."""
         alive, _ = self.program.alive_and_reg(self.slot_gammas(), self.threshold)
         return self.program.cost(alive)
 
-    def alive_masks(self) -> dict[str, list[int]]:
-        """Per Conv/Gemm/MatMul weight name: 1 for each output channel that stays alive."""
+    def _weight_sources(self) -> list:
+        return [s for s in self.groups.plan.sources if s.kind == "weight"]
+
+    def layer_name(self, source) -> str:
+        """The framework's name of a weight source (its ONNX weight or node name when unmapped)."""
+        return self.names.get(source.node) or source.weight or source.node
+
+    def onnx_names(self) -> dict[str, tuple[str, str | None]]:
+        """Per framework layer name (the keys of `structure()`): (ONNX node, ONNX weight)."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for s in self._weight_sources():
+            out.setdefault(self.layer_name(s), (s.node, s.weight))
+        return out
+
+    def _masks(self, key) -> dict[str, list[int]]:
         slots, p = self.slot_gammas(), self.program
         first = {int(g): int(np.argmax(p.slot_group == g)) for g in np.unique(p.slot_group)}
-        return {s.weight or s.node: [1 if not p.learnable[gid] else int(slots[first[gid] + k] > self.threshold)
-                                     for _, gid, k in self.groups.source_channels(s)]
-                for s in self.groups.plan.sources if s.kind == "weight"}
+        out: dict[str, list[int]] = {}
+        for s in self._weight_sources():
+            out.setdefault(key(s), [1 if not p.learnable[gid] else int(slots[first[gid] + k] > self.threshold)
+                                    for _, gid, k in self.groups.source_channels(s)])
+        return out
+
+    def alive_masks(self) -> dict[str, list[int]]:
+        """Per layer (torch module / Keras layer name): 1 for each output channel that stays alive."""
+        return self._masks(self.layer_name)
+
+    def onnx_masks(self) -> dict[str, list[int]]:
+        """The same masks keyed by the export's ONNX weight names (what `morphonnx prune --masks` reads)."""
+        return self._masks(lambda s: s.weight or s.node)
 
     def structure(self) -> dict[str, int]:
-        """Alive output channels per Conv/Gemm/MatMul node (MorphNet's structure format)."""
-        names = {s.weight or s.node: s.node for s in self.groups.plan.sources if s.kind == "weight"}
-        return {names[k]: int(sum(v)) for k, v in self.alive_masks().items()}
+        """Alive output channels per layer (MorphNet's structure format), keyed as `alive_masks()`."""
+        return {k: int(sum(v)) for k, v in self.alive_masks().items()}

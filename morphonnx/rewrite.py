@@ -342,7 +342,8 @@ def drop_zero_biases(graph: Graph, model: onnx.ModelProto) -> None:
         if n.op_type not in ("Conv", "ConvTranspose") or len(n.input) < 3 or n.name not in graph.nodes:
             continue
         was = graph.nodes[n.name].input
-        if len(was) < 3 or not was[2] or not graph.is_constant(was[2]) or parameters(graph, was[2]):
+        if len(was) < 3 or not was[2] or not graph.is_constant(was[2]) or was[2] in graph.stored \
+                or parameters(graph, was[2]):
             continue
         t = inits.get(n.input[2])
         if t is not None and not t.external_data and not numpy_helper.to_array(t).any():

@@ -155,7 +155,7 @@ def by_block(per_weight: dict[str, int]) -> dict[str, int]:
 
 
 def learned_widths(reg: Regularizer) -> dict[str, int]:
-    return by_block({name: sum(mask) for name, mask in reg.alive_masks().items()})
+    return by_block({name: sum(mask) for name, mask in reg.onnx_masks().items()})
 
 
 def spread(accs: list[float]) -> dict[str, float]:

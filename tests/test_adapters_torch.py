@@ -118,6 +118,8 @@ def test_masks_prune_the_bn_folded_export(tmp_path):
     reg.save_masks(tmp_path / "masks.json")
     doc = json.loads((tmp_path / "masks.json").read_text())
     assert "layer1.0.conv1.weight" in doc["masks"] and doc["silenced"]
+    layers = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert set(reg.structure()) == set(reg.alive_masks()) == layers  # module names: layer4.0.downsample.0, fc
     torch.onnx.export(model.eval(), (x,), str(tmp_path / "folded.onnx"), dynamo=True)
     g = morphonnx.load(tmp_path / "folded.onnx")
     assert not any(n.op_type == "BatchNormalization" for n in g.model.graph.node)
@@ -269,6 +271,7 @@ def test_transformer_groups_take_weight_norms_as_gammas():
     mod, model = tiny_vit()
     reg = Regularizer(model, mod.EXAMPLE)  # a tensor, not a tuple
     assert reg.program.learnable.sum() == len(reg.groups.groups) - 1  # all but the classifier
+    assert set(reg.structure()) == {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     slots = reg.slot_gammas()
     qkv = model.blocks[0].attn.qkv
     rows = torch.cat([qkv.weight, qkv.bias[:, None]], 1).detach().double()
@@ -314,3 +317,160 @@ def test_dead_entries_make_torch_compute_the_pruned_file(tmp_path):
                           for i in range(2)])
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
     assert morphonnx.cost_model(morphonnx.load(result.model)).total("macs") < morphonnx.cost_model(g).total("macs")
+
+
+class ResidualNet(torch.nn.Module):
+    """A small CNN: a stem, one residual block (two convs, the stem's channels tied to the block's
+    output by the add) and a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(16)
+        self.layer1 = torch.nn.Sequential(torchvision.models.resnet.BasicBlock(16, 16))
+        self.head = torch.nn.Conv2d(16, 24, 1)  # a conv without BN
+        self.fc = torch.nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.layer1(torch.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.relu(self.head(x)).mean((2, 3)))
+
+
+def residual_net(seed: int = 0) -> ResidualNet:
+    torch.manual_seed(seed)
+    model = ResidualNet().eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # trained-looking BNs: distinct scales and shifts
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return model
+
+
+RESOURCES = ("flops", "macs", "size", "latency")
+
+
+def analyzed(path) -> dict[str, float]:
+    """Per resource, the figure of the file that `morphonnx analyze` reports (one sample)."""
+    v100 = morphonnx.load_profile("v100")
+    costs = morphonnx.cost_model(morphonnx.load(path))
+    return {r: costs.resource(r, v100) for r in RESOURCES}
+
+
+def pruned_case(tmp_path):
+    """The residual net at a batch of 8, one regularizer per resource; `morphonnx analyze`'s
+    figures of the model exported at one sample; then a third of the stem/residual channels
+    (every BN of their group) and of layer1.0.conv1's die, their BN shifts at 0 too (a dead
+    channel that still outputs its shift is folded into the next layer as a bias map, which the
+    pruned file counts), and the figures of the file `morphonnx prune` makes of the model,
+    exported again, with the saved masks."""
+    import subprocess
+    import sys
+
+    import onnx
+    from morphonnx.torch import export_bn_kept
+    model = residual_net()
+    x = torch.randn(8, 3, 16, 16)
+    path = tmp_path / "model.onnx"
+    onnx.save(export_bn_kept(model, (x[:1],)), str(path))
+    regs = {r: Regularizer(model, x, resource=r, profile="v100" if r == "latency" else None) for r in RESOURCES}
+    full, want = {r: reg.cost() for r, reg in regs.items()}, analyzed(path)
+    with torch.no_grad():
+        for bn, dead in ((model.bn1, slice(0, None, 3)), (model.layer1[0].bn2, slice(0, None, 3)),
+                         (model.layer1[0].bn1, slice(1, None, 3))):
+            bn.weight[dead] = 0
+            bn.bias[dead] = 0
+    onnx.save(export_bn_kept(model, (x[:1],)), str(path))  # the trained model, as README's flow exports it
+    regs["flops"].save_masks(tmp_path / "masks.json")
+    r = subprocess.run([sys.executable, "-m", "morphonnx", "prune", str(path), "--masks", str(tmp_path / "masks.json"),
+                        "-o", str(tmp_path / "pruned.onnx")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return model, x, regs, full, want, analyzed(tmp_path / "pruned.onnx")
+
+
+def test_costs_are_per_sample_and_equal_analyze_of_the_export_and_of_the_pruned_file(tmp_path):
+    """Whatever the batch of the example input (a tensor or a tuple), cost() is the figure
+    `morphonnx analyze` gives the model exported at one sample; after some channels die, the
+    figure it gives the file `morphonnx prune` makes with the saved masks."""
+    model, x, regs, full, want, pruned = pruned_case(tmp_path)
+    totals = morphonnx.analyze(str(tmp_path / "model.onnx"), ["v100"]).to_dict()["totals"]  # the command's figures
+    assert (totals["flops"], totals["macs"], totals["params"]) == (want["flops"], want["macs"], want["size"])
+    assert totals["latency_s"]["v100"] == pytest.approx(want["latency"], rel=1e-12, abs=0)
+    for r in RESOURCES:
+        assert full[r] == pytest.approx(want[r], rel=1e-6, abs=0), r
+    for reg in regs.values():
+        assert reg.graph.static_shape(reg.graph.inputs[0], "input")[0] == 1  # compiled for one sample
+    one = Regularizer(model, [x[:1]])
+    assert Regularizer(model, (x,)).cost() == one.cost() == regs["flops"].cost()
+    assert one.structure() == regs["flops"].structure() == {"conv1": 10, "layer1.0.conv1": 11, "layer1.0.conv2": 10,
+                                                           "head": 24, "fc": 10}
+    assert pruned["flops"] < 0.8 * want["flops"]
+    for r in ("flops", "macs", "size"):
+        assert regs[r].cost() == pytest.approx(pruned[r], rel=1e-6, abs=0), r
+
+
+def test_latency_after_pruning_equals_analyze_of_the_pruned_file(tmp_path):
+    _, _, regs, _, _, pruned = pruned_case(tmp_path)
+    assert regs["latency"].cost() == pytest.approx(pruned["latency"], rel=1e-6, abs=0)
+
+
+def test_latency_with_a_view_equals_analyze(tmp_path):
+    import onnx
+    from morphonnx.torch import export_bn_kept
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 10)).eval()
+    x = torch.randn(4, 3, 8, 8)
+    onnx.save(export_bn_kept(model, (x[:1],)), str(tmp_path / "m.onnx"))
+    assert Regularizer(model, x, resource="latency", profile="v100").cost() == pytest.approx(
+        analyzed(tmp_path / "m.onnx")["latency"], rel=1e-6, abs=0)
+
+
+def test_names_are_the_models_module_names(tmp_path):
+    """structure() and alive_masks() are keyed by the modules that own the weights; the ONNX
+    node and weight of each stay available; the masks file keeps the export's weight names."""
+    model = residual_net()
+    convs = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert convs == {"conv1", "layer1.0.conv1", "layer1.0.conv2", "head", "fc"}
+    reg = Regularizer(model, torch.randn(4, 3, 16, 16))
+    with torch.no_grad():
+        model.layer1[0].bn1.weight[:5] = 0
+    assert set(reg.structure()) == set(reg.alive_masks()) == set(reg.onnx_names()) == convs
+    assert reg.structure() == {"conv1": 16, "layer1.0.conv1": 11, "layer1.0.conv2": 16, "head": 24, "fc": 10}
+    node, weight = reg.onnx_names()["layer1.0.conv1"]
+    assert weight == "layer1.0.conv1.weight" and reg.graph.nodes[node].op_type == "Conv"
+    assert reg.onnx_masks()[weight] == reg.alive_masks()["layer1.0.conv1"]
+    reg.save_masks(tmp_path / "masks.json")
+    assert set(json.loads((tmp_path / "masks.json").read_text())["masks"]) == {f"{n}.weight" for n in convs}
+    from morphonnx.torch import apply_structure  # takes the module-keyed masks
+    small = apply_structure(model, (torch.randn(2, 3, 16, 16),), masks=reg.alive_masks())
+    assert small.layer1[0].conv1.out_channels == 11 and small.conv1.out_channels == 16
+
+
+def test_module_names_of_both_torch_exporters():
+    """The dynamo export names initializers after the parameters; the TorchScript export writes
+    `onnx::Conv_N` for the weights it folded a BN into, named here by the node's scope
+    (`/layer1/layer1.0/conv1/Conv`): both map to the same modules and parameters."""
+    import io
+    import warnings
+
+    import onnx
+    from morphonnx.adapters.torch import export_bn_kept, module_names, parameter_names
+    model = residual_net()
+    x = torch.randn(1, 3, 16, 16)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, dynamo=False)  # eval: BN folded into the convs
+    forms = {"dynamo": export_bn_kept(model, (x,)), "torchscript": onnx.load_from_string(buf.getvalue())}
+    params = dict(model.named_parameters())
+    modules = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "head", "fc"]
+    for form, proto in forms.items():
+        g = morphonnx.load(proto)
+        sources = [s for s in morphonnx.find_groups(g).plan.sources if s.kind == "weight"]
+        parameter_of = parameter_names(g, model)
+        names = module_names(morphonnx.find_groups(g), parameter_of, params)
+        assert sorted(names[s.node] for s in sources) == sorted(modules), form
+        assert sorted(parameter_of[s.weight] for s in sources) == sorted(f"{m}.weight" for m in modules), form
+        folded = [s.weight for s in sources if s.weight.startswith("onnx::")]
+        assert len(folded) == (3 if form == "torchscript" else 0), form  # the three convs with a BN

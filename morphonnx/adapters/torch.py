@@ -5,10 +5,13 @@
     ...
     reg.save_masks("masks.json")   # then: morphonnx prune model.onnx --masks masks.json -o small.onnx
 
-The model is exported once to ONNX with BN kept (dynamo exporter, parameter names preserved);
-groups and costs are resolved there and compiled into a penalty program; `penalty()` is a
-pure function of the BN scale parameters made of a few vectorized tensor ops (no Python loop
-over layers), so it works under torch.compile and DDP.
+The model is exported once to ONNX with BN kept (dynamo exporter, parameter names preserved)
+at one sample of the example batch, so that costs are per sample as `morphonnx analyze`
+reports them; groups and costs are resolved there and compiled into a penalty program;
+`penalty()` is a pure function of the BN scale parameters made of a few vectorized tensor ops
+(no Python loop over layers), so it works under torch.compile and DDP. `structure()` and
+`alive_masks()` are keyed by module names (`layer1.0.conv1`), `dead_entries()` by parameter
+names; `onnx_names()` gives the ONNX node and weight of each module.
 """
 from __future__ import annotations
 
@@ -70,6 +73,101 @@ def export_bn_kept(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor
         model.train(was_training)
 
 
+def one_sample(example_inputs: Sequence[torch.Tensor] | torch.Tensor) -> tuple:
+    """The example inputs as a tuple, every tensor cut to its first sample (its leading dimension
+    is the batch): what the adapters export, so that costs are per sample."""
+    def cut(x):
+        if isinstance(x, torch.Tensor):
+            return x[:1] if x.ndim else x
+        if isinstance(x, (tuple, list)):
+            return type(x)(cut(v) for v in x)
+        if isinstance(x, dict):
+            return {k: cut(v) for k, v in x.items()}
+        return x
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    return tuple(cut(x) for x in example_inputs)
+
+
+_WEIGHT_INPUTS = {"Conv": ("weight", "bias"), "ConvTranspose": ("weight", "bias"), "Gemm": ("weight", "bias"),
+                  "MatMul": ("weight",), "BatchNormalization": ("weight", "bias"),
+                  "LayerNormalization": ("weight", "bias"), "InstanceNormalization": ("weight", "bias"),
+                  "GroupNormalization": ("weight", "bias")}
+
+
+def parameter_names(graph, model: torch.nn.Module) -> dict[str, str]:
+    """ONNX tensor name → the torch parameter it is, for the tensors ops of the export read.
+
+    The dynamo exporter names initializers after the parameters (`layer1.0.conv1.weight`), or
+    after their placeholders (`p_layer1_0_conv1_weight`); a parameter re-laid out for the graph
+    (a transposed Linear weight) is its original (`graph.origins`). The TorchScript exporter
+    keeps parameter names where it stores a parameter as it is, and writes `onnx::Conv_35`
+    where it computed a weight (a BN folded into the conv): those are named by the node's
+    scope (`/layer1/layer1.0/conv1/Conv` → module `layer1.0.conv1`) and the input's role
+    (weight, bias).
+    """
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    placeholders = {"p_" + n.replace(".", "_"): n for n in params}
+    out: dict[str, str] = {n: n for n in params}  # (a parameter re-laid out is read under another name)
+    for node in graph.nodes.values():
+        roles = _WEIGHT_INPUTS.get(node.op_type, ())
+        for i, t in enumerate(node.input):
+            if not t or t in out:
+                continue
+            found = _parameter_of(graph, t, params, placeholders)
+            if found is None and 0 < i <= len(roles) and graph.is_constant(t):
+                owner = modules.get(_scope_module(node.name, modules))
+                p = getattr(owner, roles[i - 1], None) if owner is not None else None
+                if isinstance(p, torch.nn.Parameter) and (graph.info(t) is None or graph.info(t).shape is None
+                                                          or int(np.prod(graph.info(t).shape)) == p.numel()):
+                    found = next(n for n, q in params.items() if q is p)
+            if found is not None:
+                out[t] = found
+    return out
+
+
+def _parameter_of(graph, name: str, params: dict, placeholders: dict) -> str | None:
+    for n in (name, graph.origins.get(name), placeholders.get(name)):
+        if n in params:
+            return n
+    found = {graph.origins.get(p, p) for p in graph.parameters_of(name)} & set(params)
+    return found.pop() if len(found) == 1 else None
+
+
+def _scope_module(node_name: str, modules: dict) -> str | None:
+    """The module of a TorchScript node name: `/features/features.1/conv/conv.0/Conv` → `features.1.conv.0`
+    (a child of a Sequential or ModuleList is scoped as `parent.index`)."""
+    if not node_name.startswith("/"):
+        return None
+    qual, last = "", ""
+    for c in node_name.strip("/").split("/")[:-1]:
+        if last and c.startswith(last + "."):
+            qual = qual[:len(qual) - len(last)] + c
+        else:
+            qual = f"{qual}.{c}" if qual else c
+        last = c
+    return qual if qual in modules else None
+
+
+def module_names(groups, parameter_of: dict[str, str], params: dict) -> dict[str, str]:
+    """Weight source (ONNX node) → the name of the torch module that owns its weight
+    (`layer1.0.conv1`); the parameter's name where that module owns several weight sources'
+    parameters (or is the root module)."""
+    owner = {}
+    for s in groups.plan.sources:
+        p = parameter_of.get(s.weight) if s.kind == "weight" and s.weight else None
+        if p is not None:
+            module = p.rpartition(".")[0]
+            if ".parametrizations." in f".{module}.":  # parametrize: `conv.parametrizations.weight.original0`
+                module = f".{module}".split(".parametrizations.")[0].lstrip(".")
+            owner[s.node] = (module, p)
+    per_module: dict[str, set[str]] = {}
+    for module, p in owner.values():
+        per_module.setdefault(module, set()).add(p)
+    return {node: module if module and len(per_module[module]) == 1 else p for node, (module, p) in owner.items()}
+
+
 class Regularizer(GammaRegularizer):
     """MorphNet's GammaFlops / GammaModelSize / GammaLatency regularizer for a torch model.
 
@@ -77,6 +175,9 @@ class Regularizer(GammaRegularizer):
     default), a group with no BN (a transformer's MLP, its heads, its residual stream) takes the
     L2 norm of its weights instead: for each channel, the rows its Linear/Conv layers write it
     with, bias included (MorphNet's group-lasso regularizers); `gammas="bn"` uses BN scales only.
+
+    `example_inputs`: one tensor or a tuple of them, batched along their first dimension; the
+    model is exported at their first sample, so `cost()` is per sample whatever the batch.
     """
 
     def __init__(self, model: torch.nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor,
@@ -87,20 +188,22 @@ class Regularizer(GammaRegularizer):
         module = model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
         self.model = module
         self.threshold = float(threshold)
-        self.onnx_model = export_bn_kept(module, example_inputs)
+        self.onnx_model = export_bn_kept(module, one_sample(example_inputs))
         self.graph = load(self.onnx_model)
         self.groups = find_groups(self.graph)
         params = dict(module.named_parameters())
+        self.parameter_of = parameter_names(self.graph, module)  # ONNX tensor → torch parameter
+        self.names = module_names(self.groups, self.parameter_of, params)
         prof = load_profile(profile) if isinstance(profile, (str, os.PathLike)) else profile
-        norms = _weight_gammas(self.groups, module, params) if gammas == "auto" else {}
+        norms = _weight_gammas(self.groups, module, params, self.parameter_of) if gammas == "auto" else {}
         self.program = compile_program(self.groups, resource, prof, gamma_of={n: w for n, (w, _, _) in norms.items()},
                                        bn=True)
         names = list(self.program.sources)
-        missing = [n for n in names if n not in params]
+        missing = [n for n in names if self.parameter_of.get(n, n) not in params]
         if missing:
             raise ValueError(f"BN scales of the ONNX export not found among the model's parameters: {missing[:5]}")
         by_weight = {w: (axis, bias) for w, axis, bias in norms.values()}
-        self._gammas = [params[n] for n in names]
+        self._gammas = [params[self.parameter_of.get(n, n)] for n in names]
         self._norm_of = [by_weight.get(n) for n in names]  # (output axis, bias) for weight gammas, None for BN
         p = self.program
         slots = np.concatenate([p.sources[n] for n in names]) if names else np.zeros(0, dtype=np.int64)
@@ -195,7 +298,7 @@ class Regularizer(GammaRegularizer):
         for s in self.groups.plan.sources:
             bn = own_bn(graph, s.tensor) if s.kind == "weight" else None
             if bn is not None:
-                bias = graph.nodes[bn].input[2]
+                bias = self.parameter_of.get(graph.nodes[bn].input[2])
                 if bias in params:
                     out[s.weight or s.node] = [float(v) for v in params[bias].detach().cpu().reshape(-1)]
         return out
@@ -209,7 +312,7 @@ class Regularizer(GammaRegularizer):
         from ..masks import legalize, masks_from_sources
         from ..oracle import removed_by_tensor
         groups, params = self.groups, dict(self.model.named_parameters())
-        masks = legalize(groups, masks_from_sources(groups, self.alive_masks()))
+        masks = legalize(groups, masks_from_sources(groups, self.onnx_masks()))
         removed = removed_by_tensor(groups, masks)
         out: dict[str, torch.Tensor] = {}
 
@@ -221,22 +324,24 @@ class Regularizer(GammaRegularizer):
             index[axis] = torch.as_tensor(dead)
             mask[tuple(index)] = 0
         for src in groups.plan.sources:
-            rows, dead = _rows(self.model, params, groups.plan, src), removed.get(src.tensor)
+            rows, dead = _rows(self.model, params, groups.plan, src, self.parameter_of), removed.get(src.tensor)
             if rows is None or dead is None:
                 continue
             axis, bias = rows
-            zero(src.weight, axis, dead)
+            zero(self.parameter_of[src.weight], axis, dead)
             if bias is not None:
                 zero(bias, 0, dead)
         for sl in groups.plan.silenced:
             dead = removed.get(sl.tensor)
-            if dead is not None:
-                zero(self.graph.nodes[sl.node].input[sl.input], sl.axis, dead)
+            name = self.parameter_of.get(self.graph.nodes[sl.node].input[sl.input])
+            if dead is not None and name is not None:
+                zero(name, sl.axis, dead)
         return out
 
     def save_masks(self, path: str | os.PathLike) -> None:
-        """Write the masks file `morphonnx prune --masks` reads (it also applies to the BN-folded export)."""
-        write_text(path, json.dumps({"masks": self.alive_masks(), "silenced": self.silenced()}))
+        """Write the masks file `morphonnx prune --masks` reads, keyed by the export's weight names
+        (the parameter names: it also applies to the BN-folded export)."""
+        write_text(path, json.dumps({"masks": self.onnx_masks(), "silenced": self.silenced()}))
 
 
 def _silenced_params(reg: "Regularizer", params: dict) -> list[tuple[torch.Tensor, int, np.ndarray]]:
@@ -247,7 +352,7 @@ def _silenced_params(reg: "Regularizer", params: dict) -> list[tuple[torch.Tenso
     first = {int(g): int(np.argmax(p.slot_group == g)) for g in np.unique(p.slot_group)}
     out = []
     for sl in groups.plan.silenced:
-        name = reg.graph.nodes[sl.node].input[sl.input]
+        name = reg.parameter_of.get(reg.graph.nodes[sl.node].input[sl.input])
         if name not in params or params[name].shape[sl.axis] != groups.plan.spaces[sl.tensor].size:
             continue
         eg = groups.element_group[groups.plan.ids(sl.tensor)]
@@ -256,29 +361,31 @@ def _silenced_params(reg: "Regularizer", params: dict) -> list[tuple[torch.Tenso
     return out
 
 
-def _rows(module: torch.nn.Module, params: dict, plan, s) -> tuple[int, str | None] | None:
+def _rows(module: torch.nn.Module, params: dict, plan, s, parameter_of: dict) -> tuple[int, str | None] | None:
     """(output axis, bias name) of a weight source's torch parameter, None if it is not one."""
-    if s.kind != "weight" or s.weight not in params:
+    weight = parameter_of.get(s.weight) if s.kind == "weight" and s.weight else None
+    if weight not in params:
         return None
-    prefix = s.weight.rpartition(".")[0]
+    prefix = weight.rpartition(".")[0]
     layer = module.get_submodule(prefix) if prefix else module
     axis = 1 if isinstance(layer, torch.nn.modules.conv._ConvTransposeNd) else 0
-    if params[s.weight].shape[axis] != plan.spaces[s.tensor].size:
+    if params[weight].ndim <= axis or params[weight].shape[axis] != plan.spaces[s.tensor].size:
         return None
     bias = f"{prefix}.bias" if prefix else "bias"
     return axis, bias if bias in params else None
 
 
-def _weight_gammas(groups, module: torch.nn.Module, params: dict) -> dict[str, tuple[str, int, object]]:
-    """Weight sources of groups without a BN, with their torch parameter: node → (weight name,
-    output axis of the parameter, bias parameter or None)."""
+def _weight_gammas(groups, module: torch.nn.Module, params: dict,
+                   parameter_of: dict) -> dict[str, tuple[str, int, object]]:
+    """Weight sources of groups without a BN, with their torch parameter: node → (parameter
+    name, output axis of the parameter, bias parameter or None)."""
     eg, plan = groups.element_group, groups.plan
     with_bn = {int(eg[i, 0]) for s in plan.sources if s.kind == "bn" for i in plan.ids(s.tensor).tolist()}
     out = {}
     for s in plan.sources:
-        rows = _rows(module, params, plan, s)
+        rows = _rows(module, params, plan, s, parameter_of)
         if rows is not None and not with_bn & set(eg[plan.ids(s.tensor), 0].tolist()):
-            out[s.node] = (s.weight, rows[0], params.get(rows[1]) if rows[1] else None)
+            out[s.node] = (parameter_of[s.weight], rows[0], params.get(rows[1]) if rows[1] else None)
     return out
 
 
@@ -287,13 +394,15 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
                     seed: int = 0) -> torch.nn.Module:
     """A copy of the model with a learned or expanded structure, to retrain in PyTorch.
 
-    `masks` ({weight name: [0/1 per output channel]}, as `Regularizer.save_masks` writes) keeps
-    the alive channels of every group (a shrink: kept weights are sliced); `widths` ({weight
-    name: output channels}, as `morphonnx expand --json` writes) sets the width of each group
-    (an expand: kept channels first, new ones freshly initialized). Conv, Linear and BN modules
-    are resized consistently with the channel groups of the model's ONNX export. A width that
-    the model's code hard-codes (a `view` with a literal) makes the check forward pass fail
-    with the name of the module where it broke.
+    `masks` ({layer: [0/1 per output channel]}, as `Regularizer.alive_masks()` gives them or
+    `save_masks` writes them) keeps the alive channels of every group (a shrink: kept weights
+    are sliced); `widths` ({layer: output channels}, as `morphonnx expand --json` writes) sets
+    the width of each group (an expand: kept channels first, new ones freshly initialized). A
+    layer is named by its module (`layer1.0.conv1`), its weight parameter
+    (`layer1.0.conv1.weight`) or its ONNX node. Conv, Linear and BN modules are resized
+    consistently with the channel groups of the model's ONNX export. A width that the model's
+    code hard-codes (a `view` with a literal) makes the check forward pass fail with the name
+    of the module where it broke.
     """
     import copy
 
@@ -303,16 +412,19 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
     from ..rewrite import take_or_init as _take_or_init
     if (masks is None) == (widths is None):
         raise ValueError("apply_structure: give exactly one of masks and widths")
-    graph = load(export_bn_kept(model, example_inputs))
+    graph = load(export_bn_kept(model, one_sample(example_inputs)))
     groups = find_groups(graph)
+    parameter_of = parameter_names(graph, model)
+    layer = module_names(groups, parameter_of, dict(model.named_parameters()))
+    onnx_key = _onnx_keys(groups, parameter_of, layer)
     if masks is not None:
-        m = legalize(groups, masks_from_sources(groups, masks))
+        m = legalize(groups, masks_from_sources(groups, {onnx_key.get(k, k): v for k, v in masks.items()}))
         order = {g.id: np.flatnonzero(m.keep[g.id]) for g in groups.groups}
     else:
-        order = _orders_from_widths(groups, widths)
+        order = _orders_from_widths(groups, {onnx_key.get(k, k): v for k, v in widths.items()})
     for g in groups.groups:
         if len(order[g.id]) == 0:
-            names = ", ".join(s.weight or s.node for s, _ in g.sources[:3])
+            names = ", ".join(layer.get(s.node) or s.weight or s.node for s, _ in g.sources[:3])
             raise ValueError(f"apply_structure: group {g.id} ({names}) would have no channel left; "
                              f"a layer that vanishes has to be removed in the model's code")
     new = copy.deepcopy(model)
@@ -329,6 +441,7 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
             if name in graph.origins:
                 raise ValueError(f"apply_structure: '{graph.origins[name]}' reaches ONNX re-laid out; "
                                  f"not supported yet")
+            name = name if name in state else parameter_of.get(name, name)
             if name not in state:
                 continue  # a constant of the exported graph, not a parameter of the model
             value = changed.get(name, state[name].detach().cpu().numpy())
@@ -345,8 +458,21 @@ def apply_structure(model: torch.nn.Module, example_inputs: Sequence[torch.Tenso
             setattr(module, attr, tensor)
     for module in {new.get_submodule(n.rpartition(".")[0]) for n in changed}:
         _resize_attributes(module)
-    _check_forward(new, (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs)
+    _check_forward(new, (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))
     return new
+
+
+def _onnx_keys(groups, parameter_of: dict[str, str], layer: dict[str, str]) -> dict[str, str]:
+    """Module and parameter names of the weight sources → their ONNX weight names (the keys
+    `masks_from_sources` and the widths lookup take)."""
+    out: dict[str, str] = {}
+    for s in groups.plan.sources:
+        if s.kind == "weight":
+            key = s.weight or s.node
+            for alias in (layer.get(s.node), parameter_of.get(s.weight) if s.weight else None):
+                if alias and alias != key:
+                    out.setdefault(alias, key)
+    return out
 
 
 def _orders_from_widths(groups, widths: dict[str, int]) -> dict[int, np.ndarray]:

@@ -74,6 +74,7 @@ class OpCost:
     note: str = ""
     kind: str = ""
     channels: tuple[int, int] | None = None
+    weight_inputs: tuple[int, ...] = ()  # constant inputs whose bytes the op reads
     in_shapes: tuple[tuple, ...] = ()   # shapes of the activation inputs (constants left out)
     out_shapes: tuple[tuple, ...] = ()
 
@@ -169,6 +170,19 @@ def parameters(graph: Graph, name: str) -> list[str]:
     return [p for p in graph.parameters_of(name) if _is_parameter(graph, p)]
 
 
+def _exporter_zero_bias(graph: Graph, node: onnx.NodeProto, i: int) -> bool:
+    """The bias of a Conv/ConvTranspose that an exporter computes as zeros from no parameter (an
+    Expand of a scalar for `bias=False`): nothing is read, nothing counted (a prune drops it)."""
+    if i != 2 or node.op_type not in ("Conv", "ConvTranspose") or node.input[2] in graph.stored:
+        return False
+    if parameters(graph, node.input[2]):
+        return False
+    try:
+        return not graph.array(node.input[2]).any()
+    except KeyError:
+        return False
+
+
 def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
     """Cost of one node: its rule's Work plus bytes and parameters from its tensors."""
     cost = OpCost(node.name, node.op_type, _dtype_name(graph, node))
@@ -183,14 +197,17 @@ def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
     work = rule(ctx)
     cost.macs, cost.flops = int(work.macs), int(work.flops)
     cost.kind, cost.channels = work.kind, work.channels
-    weights, read = [], 0
+    weights, read, inputs = [], 0, []
     for i, t in enumerate(node.input):
         if not t:
             continue
         where = f"input {i} of {node.op_type} '{node.name}'"
         if graph.is_constant(t):
+            if _exporter_zero_bias(graph, node, i):
+                continue
             if work.moves:
                 cost.weight_bytes += ctx.tensor_bytes(t, where)
+                inputs.append(i)
             if i not in work.non_params:
                 weights += parameters(graph, t)
         elif work.moves and work.read_bytes is None:
@@ -200,6 +217,7 @@ def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
         cost.write_bytes = int(work.write_bytes) if work.write_bytes is not None else sum(
             ctx.tensor_bytes(t, f"output of {node.op_type} '{node.name}'") for t in node.output if t)
     cost.weights = tuple(dict.fromkeys(weights))
+    cost.weight_inputs = tuple(inputs)
     cost.params = sum(math.prod(graph.info(w).shape) for w in cost.weights)
     return cost
 
