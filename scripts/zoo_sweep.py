@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = ("analyze", "groups", "prune", "compare")
 CLASSES = ("pass", "refused", "check-failed", "traceback", "artifact-broken", "timeout", "skipped")
 
 _spec = importlib.util.spec_from_file_location("export_zoo", ROOT / "scripts" / "export_zoo.py")
@@ -96,8 +97,10 @@ def classify(rc: int | None, stderr: str) -> tuple[str, str]:
     return "pass", ""
 
 
-def sweep_one(name: str, form: str, path: Path, seeds: list[int], timeout: float, work: Path) -> list[dict]:
-    """Every case of one model file: analyze, groups, one prune per seed."""
+def sweep_one(name: str, form: str, path: Path, seeds: list[int], timeout: float, work: Path,
+              plots: Path | None = None) -> list[dict]:
+    """Every case of one model file: analyze, groups, one prune per seed; with `plots`, a compare
+    of the original and its first pruned model on three devices, its plot kept in `plots`."""
     py = sys.executable
     cases = []
     for cmd in ("analyze", "groups"):
@@ -130,6 +133,15 @@ def sweep_one(name: str, form: str, path: Path, seeds: list[int], timeout: float
                         err2 = err3
             cases.append({**case, "class": cls, "reason": why, "exit": rc2, "seconds": round(secs, 1),
                           "stderr_tail": _tail(err2) if cls != "pass" else ""})
+            if plots is not None and seed == seeds[0] and cls == "pass":
+                plot = plots / f"{name}.{form}.png"
+                rc4, _, err4, secs = _run([py, "-m", "morphonnx", "compare", str(path), str(out), "--profile", "p100",
+                                           "--profile", "v100", "--profile", "x86-server-cpu", "--plot", str(plot),
+                                           "--csv", str(d / "cmp.csv"), "--md", str(d / "cmp.md")], timeout)
+                cls4, why4 = classify(rc4, err4)
+                cases.append({"model": name, "form": form, "command": "compare", "seed": seed, "class": cls4,
+                              "reason": why4, "exit": rc4, "seconds": round(secs, 1),
+                              "stderr_tail": _tail(err4) if cls4 != "pass" else ""})
             for f in d.glob("pruned*"):
                 f.unlink()
     finally:
@@ -155,8 +167,8 @@ def report(cases: list[dict], meta: dict) -> tuple[str, dict]:
         by_file.setdefault((c["model"], c["form"]), []).append(c)
     forms = sorted({c["form"] for c in cases})
     per_form = {f: {cmd: _counts([c for c in cases if c["form"] == f and c["command"] == cmd])
-                    for cmd in ("analyze", "groups", "prune")} for f in forms}
-    totals = {cmd: _counts([c for c in cases if c["command"] == cmd]) for cmd in ("analyze", "groups", "prune")}
+                    for cmd in COMMANDS} for f in forms}
+    totals = {cmd: _counts([c for c in cases if c["command"] == cmd]) for cmd in COMMANDS}
     md = ["# Zoo sweep", "",
           f"`python scripts/zoo_sweep.py {meta['argv']}` — {meta['date']}, {meta['seconds']:.0f}s, "
           f"zoo `{meta['zoo']}`, seeds {meta['seeds']}, timeout {meta['timeout']}s.", "",
@@ -166,9 +178,9 @@ def report(cases: list[dict], meta: dict) -> tuple[str, dict]:
           "## Totals per form", "",
           "| form | command | " + " | ".join(CLASSES) + " |", "|---|---|" + "---|" * len(CLASSES)]
     for f in forms:
-        for cmd in ("analyze", "groups", "prune"):
+        for cmd in COMMANDS:
             md.append(f"| {f} | {cmd} | " + " | ".join(str(per_form[f][cmd][k]) for k in CLASSES) + " |")
-    for cmd in ("analyze", "groups", "prune"):
+    for cmd in COMMANDS:
         md.append(f"| **all** | {cmd} | " + " | ".join(str(totals[cmd][k]) for k in CLASSES) + " |")
     md += ["", "## Per model and form", "", "| model | form | analyze | groups | prune (per seed) | first failure |",
            "|---|---|---|---|---|---|"]
@@ -197,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600, help="seconds per command (default 600)")
     p.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: export_zoo's; built if missing)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "zoo_sweep", help="OUT.md and OUT.json to write")
+    p.add_argument("--plots", type=Path, default=None,
+                   help="also compare each original with its first pruned model on p100, v100 and a server CPU "
+                        "(--csv, --md, --plot) and keep the plots in this folder")
     p.add_argument("--resume", action="store_true",
                    help="keep the model files already in OUT.json (same seeds) and sweep the rest")
     args = p.parse_args(argv)
@@ -234,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            for done in pool.map(lambda t: sweep_one(*t, seeds, args.timeout, work), todo):
+            if args.plots is not None:
+                args.plots.mkdir(parents=True, exist_ok=True)
+            for done in pool.map(lambda t: sweep_one(*t, seeds, args.timeout, work, args.plots), todo):
                 cases.extend(done)
                 c = done[0]
                 print(f"{c['model']:40s} {c['form']:7s} {_fmt_counts(_counts(done))}", flush=True)
