@@ -487,8 +487,9 @@ def masks_document(groups: Groups, masks: Masks) -> dict:
     every source (named by its weight or BN scale initializer where that names it alone, else by
     its node), and `"silenced"` where removed channels output other values than 0.
     `masks_from_sources(groups, doc["masks"])` gives back these masks (and `legalize` leaves them)."""
+    from .tables import SCHEMA_VERSION
     lookup = groups.by_source_name()
-    doc: dict = {"masks": {}}
+    doc: dict = {"schema_version": SCHEMA_VERSION, "masks": {}}
     silenced: dict[str, list[float]] = {}
     eg = groups.element_group
     for s in groups.plan.sources:

@@ -27,6 +27,7 @@ import tensorflow as tf
 from ..graph import load
 from ..groups import find_groups
 from ..output import write_text
+from ..tables import SCHEMA_VERSION
 from ..penalty import GammaRegularizer, compile_program
 from ..profiles import Profile, load_profile
 
@@ -191,7 +192,7 @@ class Regularizer(GammaRegularizer):
     def save_masks(self, path: str | os.PathLike) -> None:
         """Write the masks file `morphonnx prune --masks` reads, keyed by the tf2onnx export's
         weight names."""
-        write_text(path, json.dumps({"masks": self.onnx_masks()}))
+        write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, "masks": self.onnx_masks()}))
 
 
 def _source_layers(model, sources: list, layer_of: dict[str, str]) -> dict[str, str]:

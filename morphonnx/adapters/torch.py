@@ -28,6 +28,7 @@ import torch
 from ..graph import load
 from ..groups import find_groups
 from ..output import write_text
+from ..tables import SCHEMA_VERSION
 from ..penalty import GammaRegularizer, compile_program
 from ..oracle import own_bn
 from ..profiles import Profile, load_profile
@@ -341,7 +342,8 @@ class Regularizer(GammaRegularizer):
     def save_masks(self, path: str | os.PathLike) -> None:
         """Write the masks file `morphonnx prune --masks` reads, keyed by the export's weight names
         (the parameter names: it also applies to the BN-folded export)."""
-        write_text(path, json.dumps({"masks": self.onnx_masks(), "silenced": self.silenced()}))
+        write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, "masks": self.onnx_masks(),
+                                     "silenced": self.silenced()}))
 
 
 def _silenced_params(reg: "Regularizer", params: dict) -> list[tuple[torch.Tensor, int, np.ndarray]]:
