@@ -351,51 +351,24 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
 
 def _expand(args: argparse.Namespace, out: Outputs) -> int:
-    import numpy as np
-
-    from .expand import Grower, alive_widths, fit, parse_budget, search, source_widths
-    from .penalty import compile_program
-    from .profiles import load_profile
-    from .rewrite import prune
     from . import units
-    from .units import resource as fmt_resource
+    from .expand import expand_structure
+    from .profiles import load_profile
     from .verify import check_runs, dynamic_batch
     graph, groups = _groups(args, out)
     masks = _masks(args, groups)
     profile = load_profile(args.profile) if args.profile else None
     if args.resource == "latency" and profile is None:
         raise BadInput("expand: --resource latency needs --profile")
-    from .costs import cost_model
-    original = cost_model(graph).resource(args.resource, profile)
-    budget = parse_budget(args.budget, original)
-    program = compile_program(groups, args.resource, profile)
-    result = prune(groups, masks)  # dead layers and pinned groups as the rewrite sees them
-    base = alive_widths(groups, result.masks)
-    grower = Grower(groups, result, args.resource, profile)
-    if grower.reason and args.output:
-        raise BadInput(grower.reason)
-    if grower.reason:
-        e = search(program, groups, base, budget, args.round_to)
-        shrunk = program.cost(base.astype(float))
-    else:
-        e = fit(program, groups, base, budget, grower.steps(args.round_to), grower.cost)
-        shrunk = grower.cost(base)
-    fmt = lambda v: fmt_resource(v, args.resource)
+    e, grower, doc = expand_structure(graph, groups, masks, args.resource, args.budget, profile, args.round_to,
+                                      need_model=bool(args.output))
+    fmt = lambda v: units.resource(v, args.resource)
     how = "of the grown model, as analyze counts it" if e.measured else \
         f"estimated: the grown model cannot be built ({grower.reason})"
     say = _say(args)
-    say(f"original {fmt(original)}; shrunk {fmt(shrunk)}; budget {fmt(budget)}")
-    say(f"width multiplier {e.multiplier:.4f}: {fmt(e.cost)} ({units.percent(e.cost, budget)} of the budget; {how})")
-    widths = source_widths(groups, e.widths)
-    before = source_widths(groups, np.array([g.size for g in groups.groups]))
-    shrunk_w = source_widths(groups, base)
-    doc = {"schema_version": SCHEMA_VERSION, "model": str(args.model), "resource": args.resource,
-           "multiplier": e.multiplier, "budget": budget, "cost": e.cost, "cost_measured": e.measured,
-           "estimate": e.estimate, "original_cost": original, "shrunk_cost": shrunk, "widths": widths,
-           "sources": [{"node": s.node, "weight": s.weight, "original": before[s.node], "shrunk": shrunk_w[s.node],
-                        "expanded": widths[s.node]} for s in groups.plan.sources if s.kind == "weight"],
-           "groups": [{"id": g.id, "original": g.size, "shrunk": int(base[g.id]), "expanded": int(e.widths[g.id]),
-                       "pinned": g.pinned} for g in groups.groups]}
+    say(f"original {fmt(doc['original_cost'])}; shrunk {fmt(doc['shrunk_cost'])}; budget {fmt(e.budget)}")
+    say(f"width multiplier {e.multiplier:.4f}: {fmt(e.cost)} ({units.percent(e.cost, e.budget)} of the budget; {how})")
+    doc = {"schema_version": SCHEMA_VERSION, "model": str(args.model), **doc}
     table = _expand_table(doc, args.top)
     say()
     say(table.text())
@@ -403,7 +376,9 @@ def _expand(args: argparse.Namespace, out: Outputs) -> int:
     if args.json:
         out.text(args.json, json.dumps(doc, indent=1))
     if args.output:
-        model, why = dynamic_batch(graph, grower.model(e.widths)) if not args.batch else (grower.model(e.widths), None)
+        model, why = (grower.model(e.widths), None) if args.batch else dynamic_batch(graph, grower.model(e.widths))
+        if why:
+            print(f"warning: {why}", file=sys.stderr)
         staged = out.model(args.output, model, external=bool(graph.external_files()))
         c = check_runs(graph, staged)
         c.file = args.output

@@ -257,3 +257,39 @@ class Grower:
         from .costs import cost_model
         from .graph import load
         return cost_model(load(self.model(widths))).resource(self.resource, self.profile)
+
+
+def expand_structure(graph, groups: Groups, masks: Masks, resource: str, budget_spec: str, profile=None,
+                     multiple: int = 1, need_model: bool = False) -> tuple[Expansion, Grower, dict]:
+    """MorphNet's expand step on a shrunk structure: the widths at the budget (`parse_budget` of
+    the original's cost), measured on the grown model where it can be built (`fit`), else the
+    program's estimate (`search`); with `need_model`, BadInput where it cannot be built.
+    Returns the expansion, the grower (`.model(widths)`) and the JSON document of `expand`."""
+    from .costs import cost_model
+    from .penalty import compile_program
+    from .rewrite import prune
+    original = cost_model(graph).resource(resource, profile)
+    budget = parse_budget(budget_spec, original)
+    program = compile_program(groups, resource, profile)
+    result = prune(groups, masks)  # dead layers and pinned groups as the rewrite sees them
+    base = alive_widths(groups, result.masks)
+    grower = Grower(groups, result, resource, profile)
+    if grower.reason and need_model:
+        raise BadInput(grower.reason)
+    if grower.reason:
+        e = search(program, groups, base, budget, multiple)
+        shrunk = program.cost(base.astype(float))
+    else:
+        e = fit(program, groups, base, budget, grower.steps(multiple), grower.cost)
+        shrunk = grower.cost(base)
+    widths = source_widths(groups, e.widths)
+    before = source_widths(groups, np.array([g.size for g in groups.groups]))
+    shrunk_w = source_widths(groups, base)
+    doc = {"resource": resource, "multiplier": e.multiplier, "budget": budget, "cost": e.cost,
+           "cost_measured": e.measured, "estimate": e.estimate, "original_cost": original, "shrunk_cost": shrunk,
+           "widths": widths,
+           "sources": [{"node": s.node, "weight": s.weight, "original": before[s.node], "shrunk": shrunk_w[s.node],
+                        "expanded": widths[s.node]} for s in groups.plan.sources if s.kind == "weight"],
+           "groups": [{"id": g.id, "original": g.size, "shrunk": int(base[g.id]), "expanded": int(e.widths[g.id]),
+                       "pinned": g.pinned} for g in groups.groups]}
+    return e, grower, doc
