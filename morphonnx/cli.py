@@ -20,7 +20,7 @@ from .tables import SCHEMA_VERSION
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's usage errors are bad input too: exit 2, one line
-        raise BadInput(f"{self.prog}: {message}")
+        raise BadInput(message if self.prog == "morphonnx" else f"{self.prog.removeprefix('morphonnx ')}: {message}")
 
 
 def _count(low: int):
@@ -59,20 +59,22 @@ def _claim_tables(out: Outputs, args: argparse.Namespace) -> None:
         out.claim(path)
 
 
-def _write_tables(out: Outputs, args: argparse.Namespace, tables) -> list[str]:
-    """Stage the tables as CSV and Markdown where asked; return the files written."""
+def _write_tables(out: Outputs, args: argparse.Namespace, tables, full=None, summary: str = "") -> list[str]:
+    """Stage the tables where asked: CSV with every row (`full`: the tables without --top), raw
+    numbers; Markdown as printed, under the command's summary lines. Return the files written."""
     from .tables import csv_paths, csv_text, markdown_text
-    written = []
+    written, full = [], full or tables
     if getattr(args, "csv", None):
-        paths = csv_paths(args.csv, tables)
+        paths = csv_paths(args.csv, full)
         if paths == [args.csv]:
-            out.text(args.csv, csv_text(tables))
+            out.text(args.csv, csv_text(full))
         else:
-            for path, t in zip(paths, tables):
+            for path, t in zip(paths, full):
                 out.text(path, t.csv())
         written += paths
     if getattr(args, "md", None):
-        out.text(args.md, markdown_text(tables, f"morphonnx {args.command}: {getattr(args, 'model', '')}".rstrip(": ")))
+        title = f"morphonnx {args.command}: {getattr(args, 'model', '')}".rstrip(": ")
+        out.text(args.md, markdown_text(tables, title, summary))
         written.append(args.md)
     return written
 
@@ -113,7 +115,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if args.json:
             out.text(args.json, json.dumps(result.to_dict(), indent=1))
         top = None if args.per_op else args.top
-        files = _write_tables(out, args, result.tables(top))
+        files = _write_tables(out, args, result.tables(top), result.tables(None), result.summary())
         _say(args)(result.format_table(top=top))
         _finish(out, args.json, *files)
     return 0
@@ -140,7 +142,7 @@ def _groups(args: argparse.Namespace, out: Outputs | None = None):
 
 def cmd_groups(args: argparse.Namespace) -> int:
     """Channel groups: which channels live or die together, what one channel costs, what is pinned."""
-    from .groups import add_latency_per_channel, format_groups, groups_table
+    from .groups import add_latency_per_channel, format_groups, groups_summary, groups_table
     from .profiles import load_profile
     with Outputs([args.model, *args.profile]) as out:
         _claim_tables(out, args)
@@ -150,7 +152,8 @@ def cmd_groups(args: argparse.Namespace) -> int:
         if args.json:
             out.text(args.json, json.dumps({"schema_version": SCHEMA_VERSION, "model": str(args.model),
                                             **groups.to_dict()}, indent=1))
-        files = _write_tables(out, args, [groups_table(groups, args.top)])
+        files = _write_tables(out, args, [groups_table(groups, args.top)], [groups_table(groups, None)],
+                              groups_summary(groups))
         _say(args)(format_groups(groups, top=args.top))
         _finish(out, args.json, *files)
     return 0
@@ -173,7 +176,7 @@ def _masks(args: argparse.Namespace, groups):
 def cmd_structure(args: argparse.Namespace) -> int:
     """Alive channels per layer after masks and topology morphing (MorphNet's structure export)."""
     from .rewrite import prune, summarize
-    from .structure import format_structure, structure, structure_table
+    from .structure import format_structure, structure, structure_summary, structure_table
     with Outputs([args.model, args.masks]) as out:
         _claim_tables(out, args)
         graph, groups = _groups(args, out)
@@ -182,7 +185,8 @@ def cmd_structure(args: argparse.Namespace) -> int:
                "costs": summarize(graph, result.model)}
         if args.json:
             out.text(args.json, json.dumps(doc, indent=1))
-        files = _write_tables(out, args, [structure_table(doc, args.top)])
+        files = _write_tables(out, args, [structure_table(doc, args.top)], [structure_table(doc, None)],
+                              structure_summary(doc))
         _say(args)(format_structure(doc, top=args.top))
         _finish(out, args.json, *files)
     return 0
@@ -222,7 +226,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 out.discard()  # the model goes; the reports below still tell what happened
                 code = 1
-        files = _write_tables(out, args, [structure_table(structure(result), args.top)])
+        doc = structure(result)
+        files = _write_tables(out, args, [structure_table(doc, args.top)], [structure_table(doc, None)])
         if args.masks_out:
             out.text(args.masks_out, json.dumps(masks_document(groups, result.masks), indent=1))
         if args.json:
@@ -307,7 +312,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             out.text(args.json, json.dumps(result.to_dict(), indent=1))
         if args.plot:
             out.file(args.plot, result.plot, suffix)
-        files = _write_tables(out, args, result.tables(args.top))
+        files = _write_tables(out, args, result.tables(args.top), result.tables(None), result.summary())
         _say(args)(result.format_table(top=args.top))
         _finish(out, args.json, args.plot, *files)
     return 0
@@ -366,13 +371,21 @@ def _expand(args: argparse.Namespace, out: Outputs) -> int:
     how = "of the grown model, as analyze counts it" if e.measured else \
         f"estimated: the grown model cannot be built ({grower.reason})"
     say = _say(args)
-    say(f"original {fmt(doc['original_cost'])}; shrunk {fmt(doc['shrunk_cost'])}; budget {fmt(e.budget)}")
-    say(f"width multiplier {e.multiplier:.4f}: {fmt(e.cost)} ({units.percent(e.cost, e.budget)} of the budget; {how})")
+    lines = [f"original {fmt(doc['original_cost'])}; shrunk structure {fmt(doc['shrunk_cost'])}; budget {fmt(e.budget)}",
+             f"width multiplier {e.multiplier:.4f}: {fmt(e.cost)} ({units.percent(e.cost, e.budget)} of the budget; {how})"]
+    if e.next_cost is not None and e.cost < 0.95 * e.budget:
+        lines.append(f"note: one multiplier lands no closer: the next larger widths (steps of --round-to and of conv "
+                     f"group counts) cost {fmt(e.next_cost)}, over the budget")
+    if doc["fixed_cost_estimate"] > 0.5 * e.budget:
+        lines.append(f"note: about {fmt(doc['fixed_cost_estimate'])} of the budget does not scale with the widths "
+                     f"(pinned channels, per-op and per-run overheads)")
+    say = _say(args)
+    say("\n".join(lines))
     doc = {"schema_version": SCHEMA_VERSION, "model": str(args.model), **doc}
     table = _expand_table(doc, args.top)
     say()
     say(table.text())
-    files = _write_tables(out, args, [table])
+    files = _write_tables(out, args, [table], [_expand_table(doc, None)], "\n".join(lines))
     if args.json:
         out.text(args.json, json.dumps(doc, indent=1))
     if args.output:
@@ -396,8 +409,8 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     """List the hardware profiles that --profile accepts by name."""
     from .profiles import available_profiles, load_profile
     from .tables import Column, Table
-    cols = [Column("profile"), Column("name"), Column("kind"), Column("fp32 FLOP/s", "count", "peak_gflops_fp32"),
-            Column("fp16 FLOP/s", "count", "peak_gflops_fp16"), Column("bandwidth B/s", "count", "bandwidth_gbs"),
+    cols = [Column("profile"), Column("name"), Column("kind"), Column("fp32 FLOP/s", "count", "peak_flops_fp32"),
+            Column("fp16 FLOP/s", "count", "peak_flops_fp16"), Column("bandwidth B/s", "count", "bandwidth_bytes_per_s"),
             Column("per op", "seconds", "op_overhead_s"), Column("per run", "seconds", "run_overhead_s")]
     rows = []
     for key, path in available_profiles().items():
@@ -405,13 +418,16 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         rows.append([key, p.name, p.kind or "-", p.peak_gflops["fp32"] * 1e9,
                      p.peak_gflops["fp16"] * 1e9 if "fp16" in p.peak_gflops else None, p.bandwidth_gbs * 1e9,
                      p.op_overhead_us * 1e-6, p.run_overhead_us * 1e-6])
-    table = Table("profiles", f"{len(rows)} hardware profiles (--profile NAME)", cols, rows)
+    shown = rows if args.top is None else rows[:args.top]
+    more = len(rows) - len(shown)
+    table = Table("profiles", f"{len(rows)} hardware profiles (--profile NAME)", cols, shown,
+                  f"... {more} more profiles (--top all)" if more else "")
     with Outputs([]) as out:
         _claim_tables(out, args)
         if args.json:
             out.text(args.json, json.dumps({"schema_version": SCHEMA_VERSION, "profiles": [
                 dict(zip([c.key for c in cols], r)) for r in rows]}, indent=1))
-        files = _write_tables(out, args, [table])
+        files = _write_tables(out, args, [table], [Table("profiles", table.title, cols, rows)])
         _say(args)(table.text())
         _finish(out, args.json, *files)
     return 0
@@ -506,9 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_expand)
 
     pr = sub.add_parser("profiles", help="list the bundled hardware profiles")
-    pr.add_argument("--json", metavar="OUT", help="write the list as JSON (- for stdout)")
-    pr.add_argument("--csv", metavar="OUT.csv", help="write the table as CSV (- for stdout)")
-    pr.add_argument("--md", metavar="OUT.md", help="write the table as Markdown (- for stdout)")
+    _add_table_options(pr, "profiles")
     pr.set_defaults(func=cmd_profiles)
     return p
 

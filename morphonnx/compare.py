@@ -44,6 +44,10 @@ def layer_widths(graph: Graph) -> dict[str, int]:
     return widths
 
 
+# width bars: greys and colours apart from the op-type colours of the latency panels (tab10)
+MODEL_COLOURS = ("0.6", "0.15", "#7b3294", "#1b7837", "#c51b7d")
+
+
 def layer_label(name: str) -> str:
     """A layer's short name for a plot: a weight's module path without `.weight`
     (`layer1.0.conv1`), a TensorFlow tensor's layer scope (`inception_v3_1/conv2d_1/convolution/
@@ -156,7 +160,8 @@ class Comparison:
         cols += [Column(f"speedup {k}", "ratio", f"speedup_{k}") for k in keys] if n > 1 else []
         body = []
         for i, m in enumerate(doc["models"]):
-            r = [labels[i], m["nodes"], m["macs"], m["params"]] + [m["latency_s"][k] for k in keys]
+            r = [labels[i] + ("" if i == 0 else f" (#{i})"), m["nodes"], m["macs"], m["params"]] + \
+                [m["latency_s"][k] for k in keys]
             if n > 1:
                 r += [1.0 if i == 0 else doc["speedup"][i - 1][k] for k in keys]
             body.append(r)
@@ -171,7 +176,8 @@ class Comparison:
             cols += [Column(k, "seconds", f"latency_{k}_s"), Column(f"{k} bound", key=f"bound_{k}")]
         cols += [Column(f"% of {by}", "percent", f"percent_of_{by}")]
         cols += [Column(f"{k}/{by}", "ratio", f"ratio_{k}_{by}") for k in keys[1:]]
-        cols += [Column(f"speedup {k} ({labels[1]})", "ratio", f"speedup_{k}") for k in keys] if n > 1 else []
+        cols += [Column(f"speedup {k}" + (f" #{i}" if n > 2 else ""), "ratio", f"speedup_{k}_model{i}")
+                 for i in range(1, n) for k in keys]
         body = []
         for o in shown:
             r = [o["name"], o["layer"] or "-", o["op_type"]]
@@ -179,9 +185,9 @@ class Comparison:
                 r += [o["latency_s"][k], o["bound"][k]]
             r.append(100 * o["latency_s"][by] / whole if whole else None)
             r += [o["ratio"][f"{k}/{by}"] for k in keys[1:]]
-            if n > 1:
-                m1 = o["model1"]
-                r += [m1["speedup"][k] if m1["present"] else "removed" for k in keys]
+            for i in range(1, n):
+                m = o[f"model{i}"]
+                r += [m["speedup"][k] if m["present"] else "removed" for k in keys]
             body.append(r)
         more = len(ops) - len(shown)
         op_table = Table("ops", f"{'all' if not more else f'top {len(shown)} of'} {len(ops)} ops of {labels[0]} "
@@ -191,9 +197,9 @@ class Comparison:
         shown = layers_ if top is None else layers_[:top]
         cols = [Column("layer")]
         for i in range(n):
-            tag = "" if n == 1 else f" {labels[i]}"
+            tag = "" if i == 0 else f" #{i}"
             cols += [Column(f"{k}{tag}", "seconds", f"latency_{k}{'' if i == 0 else f'_model{i}'}_s") for k in keys]
-        cols += [Column("width" if n == 1 else f"width {labels[i]}", "int", f"width{'' if i == 0 else f'_model{i}'}")
+        cols += [Column("width" + ("" if i == 0 else f" #{i}"), "int", f"width{'' if i == 0 else f'_model{i}'}")
                  for i in range(n)]
         body = [[r["layer"]] + [r["latency_s"].get(k if i == 0 else f"{k}@model{i}", 0.0) for i in range(n) for k in keys]
                 + [r["width"].get(f"model{i}", 0) for i in range(n)] for r in shown]
@@ -205,6 +211,10 @@ class Comparison:
 
     def format_table(self, top: int | None = TOP) -> str:
         """Profiles, totals per model and profile, the top ops and layers of the reference."""
+        return self.summary() + "\n\n" + "\n\n".join(t.text() for t in self.tables(top))
+
+    def summary(self) -> str:
+        """The lines above the tables: the profiles, the models, pairs that do not match."""
         doc = self.to_dict()
         labels = self.labels()
         lines = [f"{p.key}: {p.name}: {units.count(p.peak_gflops['fp32'] * 1e9)}FLOP/s fp32, "
@@ -212,15 +222,13 @@ class Comparison:
                  (f", {units.seconds(p.run_overhead_us * 1e-6)} per run" if p.run_overhead_us else "")
                  for p in self.profiles]
         for i, m in enumerate(doc["models"]):
-            lines.append(f"{'reference' if i == 0 else f'model {i}'}: {m['model']}")
+            lines.append(f"{'reference' if i == 0 else f'model #{i}'}: {m['model']}")
         for i, match in enumerate(doc.get("matching", []), 1):
             if not match["looks_like_a_pair"]:
                 lines.append(f"warning: {labels[i]} does not look like a pruned copy of the reference: "
                              f"{match['shared_ops']} ops share a name, {len(match['only_in_other'])} are only in "
                              f"{labels[i]} (e.g. {', '.join(match['only_in_other'][:3])}); compared op by op where "
                              f"names match")
-        lines.append("")
-        lines.append("\n\n".join(t.text() for t in self.tables(top)))
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike) -> None:
@@ -257,7 +265,9 @@ class Comparison:
         fig = plt.figure(figsize=(max(10.0, 3.4 * len(keys) + 2.5), top_h + bottom_h))
         upper, lower = fig.subfigures(2, 1, height_ratios=[top_h, bottom_h])
         axes = upper.subplots(1, len(keys), squeeze=False)[0]
-        upper.subplots_adjust(left=0.08, right=0.84, top=0.86, bottom=0.14, wspace=0.45)
+        tilt_in = 0.075 * 0.45 * max(len(x) for x in labels)  # height of a tilted label
+        upper.subplots_adjust(left=max(0.08, (tilt_in * 0.9 + 0.3) / fig.get_figwidth()), right=0.84, top=0.86,
+                              bottom=min(0.45, (0.35 + tilt_in) / top_h), wspace=0.45)
         for ax, p in zip(axes, self.profiles):
             totals = [sum(by_type[i][p.key].values()) for i in range(n)]
             factor, unit = units.time_unit(totals)
@@ -270,7 +280,9 @@ class Comparison:
                         ax.bar(i, v / factor, bottom=bottom, color=palette.get(t, "0.75"), width=0.6, label=t)
                         bottom += v / factor
                 ax.text(i, bottom, units.seconds(totals[i]), ha="center", va="bottom", fontsize=9)
-            ax.set_xticks(range(n), labels, fontsize=8, rotation=0 if n < 3 else 20, ha="center" if n < 3 else "right")
+            tilt = sum(len(x) for x in labels) * 0.075 > 2.6  # the labels' inches at 8 pt against a panel's
+            ax.set_xticks(range(n), labels, fontsize=8, rotation=25 if tilt else 0, ha="right" if tilt else "center",
+                          rotation_mode="anchor")
             ax.set_ylabel(f"latency ({unit})")
             ax.set_title(f"{p.key}\n{textwrap.shorten(p.name, 34, placeholder='...')}", fontsize=9)
             ax.margins(y=0.12)
@@ -284,20 +296,21 @@ class Comparison:
                        fontsize=10)
         ax = lower.subplots()
         label_in = 7 / 72 * 0.62 * max((len(x) for x in map(layer_label, (r["layer"] for r in table))), default=8)
-        lower.subplots_adjust(left=min(0.5, label_in / fig.get_figwidth() + 0.03), right=0.84, top=0.95,
-                              bottom=0.06 if n_layers > 20 else 0.15)
+        lower.subplots_adjust(left=min(0.5, label_in / fig.get_figwidth() + 0.03), right=0.84,
+                              top=1 - 0.45 / bottom_h, bottom=0.55 / bottom_h)
         height = 0.8 / n
         ys = range(n_layers)
         for i in range(n):
             ax.barh([y + (i - (n - 1) / 2) * height for y in ys],
-                    [r["width"].get(f"model{i}", 0) for r in table], height=height, color=f"C{i}" if n > 1 else "0.4",
-                    label=labels[i])
+                    [r["width"].get(f"model{i}", 0) for r in table], height=height,
+                    color=MODEL_COLOURS[i % len(MODEL_COLOURS)], label=labels[i])
         names = [layer_label(r["layer"]) for r in table]
         ax.set_yticks(list(ys), names, fontsize=7)
         ax.set_ylim(n_layers - 0.5, -0.5)
         ax.set_xlabel("output channels")
-        ax.set_title("width per layer (in graph order)", fontsize=10, loc="right")
-        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=n, frameon=False)
+        ax.set_ylabel("layer (in graph order)")
+        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=n, frameon=False,
+                  title="width per layer", title_fontsize=9, alignment="left")
         fig.savefig(str(path), dpi=110)
         plt.close(fig)
 

@@ -33,6 +33,7 @@ class Expansion:
     original_cost: float
     measured: bool = False  # `cost` is that of the grown model as `analyze` counts it (not the estimate)
     estimate: float = 0.0   # the penalty program's figure for these widths
+    next_cost: float | None = None  # the measured cost of the nearest larger widths tried (over the budget)
 
 
 def parse_budget(spec: str, original_cost: float) -> float:
@@ -91,7 +92,7 @@ def scaled(base: np.ndarray, free: np.ndarray, step: np.ndarray, w: float) -> np
 
 
 def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float,
-           multiple: int | np.ndarray = 1) -> Expansion:
+           multiple: int | np.ndarray = 1, fmt: Callable[[float], str] = lambda v: f"{v:.4g}") -> Expansion:
     """The largest w with cost(scaled widths) ≤ budget; BadInput if even the smallest widths exceed it."""
     free = free_groups(groups)
     step = group_steps(groups, multiple)
@@ -99,7 +100,7 @@ def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: fl
     original = program.cost(program.full_alive())
     lo, hi = 0.0, 1.0
     if cost(lo) > budget:
-        raise BadInput(f"the budget {budget:.4g} is below the cost of the smallest widths ({cost(lo):.4g})")
+        raise BadInput(f"the budget {fmt(budget)} is below the cost of the smallest widths ({fmt(cost(lo))})")
     while cost(hi) <= budget:
         lo, hi = hi, hi * 2
         if hi > 1e4:
@@ -113,7 +114,8 @@ def search(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: fl
 
 
 def fit(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float, multiple: int | np.ndarray,
-        measure: Callable[[np.ndarray], float], rounds: int = 10) -> Expansion:
+        measure: Callable[[np.ndarray], float], rounds: int = 10,
+        fmt: Callable[[float], str] = lambda v: f"{v:.4g}") -> Expansion:
     """The largest widths whose *measured* cost (`measure`: the grown model costed as `analyze`
     costs a file) stays within the budget.
 
@@ -125,7 +127,7 @@ def fit(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float
     original = program.cost(program.full_alive())
     seen: dict[bytes, float] = {}
     under: Expansion | None = None
-    over_w = math.inf
+    over_w, over_cost = math.inf, None
 
     def trial(w: float) -> Expansion:
         widths = scaled(base, free, step, w)
@@ -143,8 +145,8 @@ def fit(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float
                 under = e
             if e.cost >= 0.995 * budget:
                 break
-        else:
-            over_w = min(over_w, w)
+        elif w < over_w:
+            over_w, over_cost = w, e.cost
         lo = under.multiplier if under is not None else None
         # the program's target that the measured ratio says lands on the budget
         guess = _multiplier(program, groups, base, budget * e.estimate / e.cost, multiple) if e.cost else w * 2
@@ -158,9 +160,10 @@ def fit(program: PenaltyProgram, groups: Groups, base: np.ndarray, budget: float
     if under is None:
         smallest = trial(0.0)
         if smallest.cost > budget:
-            raise BadInput(f"the budget {budget:.4g} is below the cost of the smallest widths "
-                           f"({smallest.cost:.4g}, measured on the grown model)")
+            raise BadInput(f"the budget {fmt(budget)} is below the cost of the smallest widths "
+                           f"({fmt(smallest.cost)}, measured on the grown model)")
         under = smallest
+    under.next_cost = over_cost
     return under
 
 
@@ -276,18 +279,21 @@ def expand_structure(graph, groups: Groups, masks: Masks, resource: str, budget_
     grower = Grower(groups, result, resource, profile)
     if grower.reason and need_model:
         raise BadInput(grower.reason)
+    from .units import resource as fmt
+    say = lambda v: fmt(v, resource)
     if grower.reason:
-        e = search(program, groups, base, budget, multiple)
+        e = search(program, groups, base, budget, multiple, fmt=say)
         shrunk = program.cost(base.astype(float))
     else:
-        e = fit(program, groups, base, budget, grower.steps(multiple), grower.cost)
+        e = fit(program, groups, base, budget, grower.steps(multiple), grower.cost, fmt=say)
         shrunk = grower.cost(base)
+    fixed = program.cost(np.where(free_groups(groups), 0, base).astype(float))  # what no width changes
     widths = source_widths(groups, e.widths)
     before = source_widths(groups, np.array([g.size for g in groups.groups]))
     shrunk_w = source_widths(groups, base)
     doc = {"resource": resource, "multiplier": e.multiplier, "budget": budget, "cost": e.cost,
            "cost_measured": e.measured, "estimate": e.estimate, "original_cost": original, "shrunk_cost": shrunk,
-           "widths": widths,
+           "next_cost": e.next_cost, "fixed_cost_estimate": fixed, "widths": widths,
            "sources": [{"node": s.node, "weight": s.weight, "original": before[s.node], "shrunk": shrunk_w[s.node],
                         "expanded": widths[s.node]} for s in groups.plan.sources if s.kind == "weight"],
            "groups": [{"id": g.id, "original": g.size, "shrunk": int(base[g.id]), "expanded": int(e.widths[g.id]),

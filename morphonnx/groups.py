@@ -243,8 +243,9 @@ def groups_table(groups: Groups, top: int | None = TOP) -> Table:
             Column("params/ch", "count", "params_per_channel")]
     cols += [Column(f"{k}/ch", "seconds", f"latency_{k}_per_channel_s") for k in keys]
     cols += [Column("sources"), Column("pinned")]
+    few = 3 if top is not None else None  # a printed table shows three sources, the full one all of them
     body = [[g.id, g.size, g.macs_per_channel, g.params_per_channel] + [g.latency_per_channel[k] for k in keys] +
-            [", ".join(s.weight or s.node for s, _ in g.sources[:3]) + (" ..." if len(g.sources) > 3 else ""),
+            [", ".join(s.weight or s.node for s, _ in g.sources[:few]) + (" ..." if few and len(g.sources) > few else ""),
              g.pinned or ""] for g in shown]
     more = len(groups.groups) - len(shown)
     title = f"{'all' if not more else f'the first {len(shown)} of'} {len(groups.groups)} groups: prunable first, by MACs of the group"
@@ -253,6 +254,11 @@ def groups_table(groups: Groups, top: int | None = TOP) -> Table:
 
 def format_groups(groups: Groups, top: int | None = TOP) -> str:
     """A readable summary: counts, pins by reason, and the largest groups."""
+    return groups_summary(groups) + "\n\n" + groups_table(groups, top).text()
+
+
+def groups_summary(groups: Groups) -> str:
+    """The lines above the table: counts, pins by reason, ops without a channel rule."""
     s = groups.summary()
     lines = [f"{s['groups']} groups: {s['prunable_groups']} prunable ({s['prunable_channels']} channels), "
              f"{s['pinned_channels']} channels pinned",
@@ -264,5 +270,4 @@ def format_groups(groups: Groups, top: int | None = TOP) -> str:
     if s["ops_without_channel_rule"]:
         lines.append("ops without a channel rule (their channels are pinned): " +
                      ", ".join(f"{k} x{v}" for k, v in s["ops_without_channel_rule"].items()))
-    lines += ["", groups_table(groups, top).text()]
     return "\n".join(lines)

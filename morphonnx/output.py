@@ -142,6 +142,9 @@ class Outputs:
                 continue
             taken = {other} | ({other.parent / c for c in theirs} if isinstance(other, Path) else set())
             if mine & taken:
+                if target.kind == "stdout":
+                    raise BadInput("-: named twice as an output of this command (stdout takes one of --json, --csv, "
+                                   "--md, --masks-out; give the others file names)")
                 raise BadInput(f"{target.path}: named twice as an output of this command"
                                f"{'' if given == target.path else f' (also as {given})'}")
         self._claimed[key] = (target.path, companions)

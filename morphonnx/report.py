@@ -94,6 +94,10 @@ class Analysis:
 
     def format_table(self, top: int | None = TOP) -> str:
         """A readable report: totals, latency per profile, the top ops (or every op)."""
+        return self.summary() + "\n\n" + "\n".join(t.text() for t in self.tables(top))
+
+    def summary(self) -> str:
+        """The lines above the table: the model, its totals, latency per profile, ops not costed."""
         d = self.to_dict()
         t = d["totals"]
         folded = f" (of which {units.count(t['folded_constant_values'])} folded constant values)" \
@@ -109,8 +113,6 @@ class Analysis:
             for c in d["not_costed"]:
                 by_type[c["op_type"]] = by_type.get(c["op_type"], 0) + 1
             lines.append("not costed (no rule): " + ", ".join(f"{k} x{v}" for k, v in sorted(by_type.items())))
-        lines.append("")
-        lines.extend(t.text() for t in self.tables(top))
         return "\n".join(lines)
 
 

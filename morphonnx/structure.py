@@ -55,6 +55,11 @@ def structure_table(doc: dict, top: int | None = TOP) -> Table:
 
 def format_structure(doc: dict, top: int | None = TOP) -> str:
     """A readable table of the structure: per source, channels before and after."""
+    return structure_summary(doc) + "\n\n" + structure_table(doc, top).text()
+
+
+def structure_summary(doc: dict) -> str:
+    """The lines above the table: layers and channels before and after, MACs, FLOPs, params."""
     rows = doc["sources"]
     vanished = sum(r["vanished"] for r in rows)
     before = sum(r["channels"] for r in rows)
@@ -64,5 +69,7 @@ def format_structure(doc: dict, top: int | None = TOP) -> str:
     if costs:
         lines.append("  ".join(f"{name} {units.count(costs[k][0])} -> {units.count(costs[k][1])} "
                                f"({units.percent(costs[k][1], costs[k][0])})"
-                               for name, k in (("MACs", "macs"), ("FLOPs", "flops"), ("params", "params"))))
-    return "\n".join(lines + ["", structure_table(doc, top).text()])
+                               for name, k in (("MACs", "macs"), ("FLOPs", "flops"), ("params", "params"))) +
+                     (f"  (params incl. {units.count(costs['folded_constant_values'])} folded constant values: "
+                      f"bias maps of removed channels)" if costs.get("folded_constant_values") else ""))
+    return "\n".join(lines)

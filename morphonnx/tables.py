@@ -121,9 +121,11 @@ def csv_text(tables: Sequence[Table]) -> str:
     return "\n".join(f"# {t.name}: {t.title}\n{t.csv()}" for t in tables)
 
 
-def markdown_text(tables: Sequence[Table], title: str = "") -> str:
-    """Several tables as one Markdown document."""
+def markdown_text(tables: Sequence[Table], title: str = "", summary: str = "") -> str:
+    """Several tables as one Markdown document, under a title and the command's summary lines."""
     head = [f"## {title}", ""] if title else []
+    if summary.strip():
+        head += ["```", summary.strip(), "```", ""]
     return "\n".join(head + ["\n\n".join(t.markdown() for t in tables)]) + "\n"
 
 

@@ -256,9 +256,9 @@ class CostModel:
         """One figure of the model, the same for every command: "macs", "flops", "size" (params)
         or "latency" (seconds of one run on `profile`: its ops plus the run overhead)."""
         if resource in ("macs", "flops"):
-            return float(self.total(resource))
+            return self.total(resource)
         if resource == "size":
-            return float(self.params)
+            return self.params
         if resource == "latency":
             if profile is None:
                 raise ValueError("the latency resource needs a profile")
