@@ -18,29 +18,39 @@ from .tables import SCHEMA_VERSION, TOP, Column, Table
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def _weighted(graph: Graph, node) -> str | None:
+    """The weight of a Conv/ConvTranspose/Gemm/MatMul with a constant one (its stored name)."""
+    weight = next((t for t in node.input[1:2] if t and graph.is_constant(t)), None)
+    return graph.origins.get(weight, weight) if node.op_type in WEIGHT_OPS and weight else None
+
+
 def layers(graph: Graph) -> dict[str, str]:
-    """Node → its layer: the weight name of the node, or of the nearest weighted op upstream."""
+    """Node → its layer: the node itself if it has a weight, else the nearest weighted op
+    upstream ("input" before the first). Layers are node names, which a prune keeps, so an
+    original and its pruned model match layer by layer whatever their weights are called."""
     out: dict[str, str] = {}
     for name in graph.topological_nodes():
         node = graph.nodes[name]
-        weight = next((t for t in node.input[1:2] if t and graph.is_constant(t)), None)
-        if node.op_type in WEIGHT_OPS and weight:
-            out[name] = graph.origins.get(weight, weight)
+        if _weighted(graph, node):
+            out[name] = name
             continue
         ups = [graph.producer[t] for t in node.input if t in graph.producer]
         out[name] = out.get(ups[0], "input") if ups else "input"
     return out
 
 
+def layer_names(graph: Graph) -> dict[str, str]:
+    """Weighted node → the name a person knows it by: its weight's (`layer1.0.conv1.weight`)."""
+    return {name: w for name, node in graph.nodes.items() if (w := _weighted(graph, node))}
+
+
 def layer_widths(graph: Graph) -> dict[str, int]:
-    """Output channels of each weighted layer (axis 1 for Conv, last axis for Gemm/MatMul)."""
+    """Output channels of each weighted node (axis 1 for Conv, last axis for Gemm/MatMul), in graph order."""
     widths = {}
     for name, node in graph.nodes.items():
-        weight = next((t for t in node.input[1:2] if t and graph.is_constant(t)), None)
         info = graph.info(node.output[0])
-        if node.op_type in WEIGHT_OPS and weight and info is not None and info.shape:
-            axis = 1 if node.op_type.startswith("Conv") else -1
-            widths[graph.origins.get(weight, weight)] = int(info.shape[axis])
+        if _weighted(graph, node) and info is not None and info.shape:
+            widths[name] = int(info.shape[1 if node.op_type.startswith("Conv") else -1])
     return widths
 
 
@@ -93,11 +103,12 @@ class Comparison:
         """The JSON document of `morphonnx compare`."""
         ref, keys = self.sides[0], [p.key for p in self.profiles]
         lat = [{p.key: s.latency(p) for p in self.profiles} for s in self.sides]
+        names = self.layer_names()
         ops = []
         for c in ref.costs.ops:
             if not c.costed:
                 continue
-            row = {"name": c.name, "op_type": c.op_type, "layer": ref.layer.get(c.name),
+            row = {"name": c.name, "op_type": c.op_type, "layer": names.get(ref.layer.get(c.name), "input"),
                    "latency_s": {k: lat[0][k][c.name][0] for k in keys},
                    "bound": {k: lat[0][k][c.name][1] for k in keys},
                    "ratio": {f"{k}/{keys[0]}": _ratio(lat[0][k][c.name][0], lat[0][keys[0]][c.name][0])
@@ -134,15 +145,27 @@ class Comparison:
         return {"shared_ops": len(shared), "only_in_reference": sorted(a - b), "only_in_other": sorted(b - a),
                 "looks_like_a_pair": len(shared) >= 0.5 * min(len(a), len(b)) and len(b - a) <= 0.25 * len(b)}
 
+    def layer_names(self) -> dict[str, str]:
+        """Layer (weighted node) → its weight's name, the reference's first."""
+        names: dict[str, str] = {"input": "input"}
+        for side in reversed(self.sides):
+            names.update(layer_names(side.graph))
+        return names
+
     def layer_table(self) -> list[dict]:
-        """Per layer of the reference: latency on each profile (per model) and output width (per model)."""
+        """Per layer (a weighted op of any model, matched by node name): latency on each profile
+        (per model) and output width (per model), in the reference's graph order."""
         rows: dict[str, dict] = {}
+        names = self.layer_names()
         for i, side in enumerate(self.sides):
             widths = layer_widths(side.graph)
+            for layer in widths:
+                rows.setdefault(layer, {"layer": names[layer], "node": layer, "latency_s": {}, "width": {}})
             for p in self.profiles:
                 for name, (t, _) in side.latency(p).items():
                     layer = side.layer.get(name, "input")
-                    row = rows.setdefault(layer, {"layer": layer, "latency_s": {}, "width": {}})
+                    row = rows.setdefault(layer, {"layer": names.get(layer, layer), "node": layer,
+                                                  "latency_s": {}, "width": {}})
                     key = f"{p.key}" if i == 0 else f"{p.key}@model{i}"
                     row["latency_s"][key] = row["latency_s"].get(key, 0.0) + t
             for layer, row in rows.items():
@@ -259,14 +282,14 @@ class Comparison:
 
         order = {name: j for j, name in enumerate(layer_widths(self.sides[0].graph))}
         table = sorted((r for r in self.layer_table() if any(r["width"].values())),
-                       key=lambda r: order.get(r["layer"], len(order)))
+                       key=lambda r: order.get(r["node"], len(order)))
         n_layers, n = len(table), len(self.sides)
         top_h, bottom_h = 4.4, max(3.0, 0.16 * n_layers * max(1.0, n * 0.6) + 1.0)
         fig = plt.figure(figsize=(max(10.0, 3.4 * len(keys) + 2.5), top_h + bottom_h))
         upper, lower = fig.subfigures(2, 1, height_ratios=[top_h, bottom_h])
         axes = upper.subplots(1, len(keys), squeeze=False)[0]
         tilt_in = 0.075 * 0.45 * max(len(x) for x in labels)  # height of a tilted label
-        upper.subplots_adjust(left=max(0.08, (tilt_in * 0.9 + 0.3) / fig.get_figwidth()), right=0.84, top=0.86,
+        upper.subplots_adjust(left=max(0.08, (tilt_in * 0.9 + 0.3) / fig.get_figwidth()), right=0.84, top=0.82,
                               bottom=min(0.45, (0.35 + tilt_in) / top_h), wspace=0.45)
         for ax, p in zip(axes, self.profiles):
             totals = [sum(by_type[i][p.key].values()) for i in range(n)]

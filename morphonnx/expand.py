@@ -227,6 +227,7 @@ class Grower:
         from .groups import find_groups
         self.groups, self.result, self.resource, self.profile = groups, result, resource, profile
         self.last: tuple[bytes, object] | None = None
+        self.costs: dict[bytes, float] = {}
         self.reason: str | None = None
         try:
             self.pruned = find_groups(load(result.model))
@@ -234,9 +235,10 @@ class Grower:
             self.reason = f"expand -o: the channel groups of the shrunk model cannot be read ({e})"
             return
         try:
-            self.model(alive_widths(groups, result.masks))
+            self.base_cost = self.cost(alive_widths(groups, result.masks))
         except BadInput as e:
-            self.reason = str(e)
+            self.reason = str(e) if str(e).startswith("expand -o") else \
+                f"expand -o: the structure grown at its own widths does not load ({e}); growing it is not written yet"
 
     def steps(self, multiple: int = 1) -> np.ndarray:
         """Per original group, the step its width must be a multiple of: its own, and that of
@@ -259,7 +261,10 @@ class Grower:
         """The resource of the grown model, from its own cost model (what `analyze` reports)."""
         from .costs import cost_model
         from .graph import load
-        return cost_model(load(self.model(widths))).resource(self.resource, self.profile)
+        key = np.asarray(widths).tobytes()
+        if key not in self.costs:
+            self.costs[key] = cost_model(load(self.model(widths))).resource(self.resource, self.profile)
+        return self.costs[key]
 
 
 def expand_structure(graph, groups: Groups, masks: Masks, resource: str, budget_spec: str, profile=None,
