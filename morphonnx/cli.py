@@ -89,6 +89,8 @@ def _add_shape_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_count(1), default=None, help="batch size for symbolic leading dimensions (default 1)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                    help="fix the shape of a graph input (repeatable)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                   help="set every symbolic input dimension of this name (sequence_length=128; repeatable)")
 
 
 def _add_mask_options(p: argparse.ArgumentParser) -> None:
@@ -106,12 +108,18 @@ def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
     return dict(parse_input_shape(s) for s in args.input_shape)
 
 
+def _load_kw(args: argparse.Namespace) -> dict:
+    """How the command's models are loaded: --batch, --input-shape, --dim."""
+    from .graph import parse_dim
+    return {"batch": args.batch, "input_shapes": _shapes(args), "dims": dict(parse_dim(s) for s in args.dim)}
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """MACs, FLOPs, parameters, bytes and roofline latency per op and in total."""
     from .report import analyze
     with Outputs([args.model, *args.profile]) as out:
         _claim_tables(out, args)
-        result = analyze(args.model, args.profile, batch=args.batch, input_shapes=_shapes(args))
+        result = analyze(args.model, args.profile, **_load_kw(args))
         if args.json:
             out.text(args.json, json.dumps(result.to_dict(), indent=1))
         top = None if args.per_op else args.top
@@ -134,7 +142,7 @@ def _finish(out: Outputs, *announce: str | None) -> None:
 def _groups(args: argparse.Namespace, out: Outputs | None = None):
     from .graph import load
     from .groups import find_groups
-    graph = load(args.model, batch=args.batch, input_shapes=_shapes(args))
+    graph = load(args.model, **_load_kw(args))
     if out is not None:
         out.add_inputs(graph.external_files())
     return graph, find_groups(graph)
@@ -301,13 +309,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
     if not args.profile:
         raise BadInput("compare: give at least one --profile")
+    if args.at and (len(args.models) != 1 or len(args.at) < 2):
+        raise BadInput("compare --at: give one model and two or more settings (--at prefill:sequence_length=128 "
+                       "--at decode:sequence_length=1,past_sequence_length=127)")
     suffix = os.path.splitext(args.plot or "")[1].lower()
     if args.plot and suffix not in (".png", ".svg", ".pdf"):
         raise BadInput(f"--plot {args.plot}: give a .png, .svg or .pdf file name")
     with Outputs([*args.models, *args.profile]) as out:
         _claim_tables(out, args)
         out.claim(args.plot, stdout=False)
-        result = compare(args.models, args.profile, batch=args.batch, input_shapes=_shapes(args))
+        result = compare(args.models, args.profile, at=[_parse_at(a) for a in args.at], **_load_kw(args))
         if args.json:
             out.text(args.json, json.dumps(result.to_dict(), indent=1))
         if args.plot:
@@ -316,6 +327,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _say(args)(result.format_table(top=args.top))
         _finish(out, args.json, args.plot, *files)
     return 0
+
+
+def _parse_at(spec: str) -> tuple[str, dict[str, int]]:
+    """`prefill:sequence_length=2048,past_sequence_length=0` → ("prefill", {...})."""
+    from .graph import parse_dim
+    label, sep, rest = spec.partition(":")
+    if not sep or not label.strip() or not rest.strip():
+        raise BadInput(f"--at '{spec}': expected LABEL:NAME=VALUE,NAME=VALUE")
+    return label.strip(), dict(parse_dim(p) for p in rest.split(",") if p.strip())
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -497,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table_options(c, "ops and layers")
     c.add_argument("--plot", metavar="OUT.png", help="latency per device (stacked by op type) and width per layer "
                    "(.png, .svg or .pdf)")
+    c.add_argument("--at", action="append", default=[], metavar="LABEL:NAME=VALUE,...",
+                   help="compare one model at several settings of its symbolic dimensions, side by side "
+                        "(prefill:sequence_length=2048 --at decode:sequence_length=1,past_sequence_length=2047)")
     c.set_defaults(func=cmd_compare)
 
     cal = sub.add_parser("calibrate", help="measure this machine and write a profile YAML")

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import onnx
 
-from .costs import CostModel, cost_model
+from .costs import CostModel, cost_model, kv_cache
 from .graph import Graph, load
 from .profiles import Profile, load_profile
 from . import units
@@ -21,7 +21,7 @@ WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 def _weighted(graph: Graph, node) -> str | None:
     """The weight of a Conv/ConvTranspose/Gemm/MatMul with a constant one (its stored name)."""
     weight = next((t for t in node.input[1:2] if t and graph.is_constant(t)), None)
-    return graph.origins.get(weight, weight) if node.op_type in WEIGHT_OPS and weight else None
+    return graph.display_name(weight) if node.op_type in WEIGHT_OPS and weight else None
 
 
 def layers(graph: Graph) -> dict[str, str]:
@@ -77,6 +77,7 @@ class Side:
     graph: Graph
     costs: CostModel
     layer: dict[str, str]
+    label: str = ""  # a name of its own (a setting of `--at`); else the file name
 
     def latency(self, profile: Profile) -> dict[str, tuple[float, str]]:
         """Node → (seconds, bound) on a profile."""
@@ -96,8 +97,8 @@ class Comparison:
 
     def labels(self) -> list[str]:
         """A short name per model: its file name (the path where two file names are equal)."""
-        names = [os.path.basename(s.path) for s in self.sides]
-        return [n if names.count(n) == 1 else s.path for n, s in zip(names, self.sides)]
+        names = [s.label or os.path.basename(s.path) for s in self.sides]
+        return [n if names.count(n) == 1 or s.label else s.path for n, s in zip(names, self.sides)]
 
     def to_dict(self) -> dict:
         """The JSON document of `morphonnx compare`."""
@@ -124,8 +125,9 @@ class Comparison:
             "schema_version": SCHEMA_VERSION,
             "profiles": {p.key: {"name": p.name, "peak_gflops": p.peak_gflops, "bandwidth_gbs": p.bandwidth_gbs,
                                  "run_overhead_us": p.run_overhead_us} for p in self.profiles},
-            "models": [{"model": s.path, "label": label, "nodes": len(s.graph.nodes), "macs": s.costs.total("macs"),
-                        "flops": s.costs.total("flops"), "params": s.costs.params,
+            "models": [{"model": s.path, "label": label, "dims": dict(s.graph.dims), "nodes": len(s.graph.nodes),
+                        "macs": s.costs.total("macs"), "flops": s.costs.total("flops"), "params": s.costs.params,
+                        "kv_cache_bytes": kv_cache(s.graph),
                         "latency_s": {p.key: s.total(p) for p in self.profiles},
                         "ops_latency_s": {p.key: s.total(p) - p.run_overhead_us * 1e-6 for p in self.profiles}}
                        for s, label in zip(self.sides, self.labels())],
@@ -179,11 +181,15 @@ class Comparison:
         keys, labels, n = [p.key for p in self.profiles], self.labels(), len(self.sides)
         cols = [Column("model"), Column("nodes", "int"), Column("MACs", "count", "macs"),
                 Column("params", "count", "params")]
+        kv = any(m["kv_cache_bytes"]["read"] or m["kv_cache_bytes"]["written"] for m in doc["models"])
+        cols += [Column("KV read", "bytes", "kv_cache_read_bytes"), Column("KV written", "bytes", "kv_cache_written_bytes")] \
+            if kv else []
         cols += [Column(k, "seconds", f"latency_{k}_s") for k in keys]
         cols += [Column(f"speedup {k}", "ratio", f"speedup_{k}") for k in keys] if n > 1 else []
         body = []
         for i, m in enumerate(doc["models"]):
             r = [labels[i] + ("" if i == 0 else f" (#{i})"), m["nodes"], m["macs"], m["params"]] + \
+                ([m["kv_cache_bytes"]["read"], m["kv_cache_bytes"]["written"]] if kv else []) + \
                 [m["latency_s"][k] for k in keys]
             if n > 1:
                 r += [1.0 if i == 0 else doc["speedup"][i - 1][k] for k in keys]
@@ -244,8 +250,9 @@ class Comparison:
                  f"{units.count(p.bandwidth_gbs * 1e9)}B/s" +
                  (f", {units.seconds(p.run_overhead_us * 1e-6)} per run" if p.run_overhead_us else "")
                  for p in self.profiles]
-        for i, m in enumerate(doc["models"]):
-            lines.append(f"{'reference' if i == 0 else f'model #{i}'}: {m['model']}")
+        for i, (m, side) in enumerate(zip(doc["models"], self.sides)):
+            at = f" at {', '.join(f'{k}={v}' for k, v in m['dims'].items())}" if side.label and m["dims"] else ""
+            lines.append(f"{'reference' if i == 0 else f'model #{i}'}: {m['model']}{at}")
         for i, match in enumerate(doc.get("matching", []), 1):
             if not match["looks_like_a_pair"]:
                 lines.append(f"warning: {labels[i]} does not look like a pruned copy of the reference: "
@@ -343,11 +350,17 @@ def _ratio(a: float, b: float) -> float:
 
 
 def compare(models: Sequence[str | os.PathLike | onnx.ModelProto], profiles: Sequence[str | Profile], *,
-            batch: int | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Comparison:
-    """Cost each model on each profile; the first model is the reference."""
+            batch: int | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
+            dims: Mapping[str, int] | None = None, at: Sequence[tuple[str, Mapping[str, int]]] = ()) -> Comparison:
+    """Cost each model on each profile; the first model is the reference. With `at`, one model
+    at several settings of its symbolic dimensions (`[("prefill", {"sequence_length": 2048}),
+    ("decode", {"sequence_length": 1, "past_sequence_length": 2047})]`), the first the reference."""
     profs = [p if isinstance(p, Profile) else load_profile(p) for p in profiles]
+    runs = [(m, "", dict(dims or {})) for m in models] if not at else \
+        [(models[0], label, {**(dims or {}), **d}) for label, d in at]
     sides = []
-    for m in models:
-        g = load(m, batch=batch, input_shapes=input_shapes)
-        sides.append(Side(str(m) if not isinstance(m, onnx.ModelProto) else "model", g, cost_model(g), layers(g)))
+    for m, label, d in runs:
+        g = load(m, batch=batch, input_shapes=input_shapes, dims=d)
+        path = str(m) if not isinstance(m, onnx.ModelProto) else "model"
+        sides.append(Side(path, g, cost_model(g), layers(g), label))
     return Comparison(sides, profs)

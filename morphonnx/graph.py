@@ -6,6 +6,9 @@ that stays unknown) into a one-line `BadInput`.
 """
 from __future__ import annotations
 
+import ast
+import re
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +81,8 @@ class Graph:
         self.derived: dict[str, tuple[str, ...]] = {}
         # tensors whose shapes came from a run in onnxruntime (onnx's inference left them unknown)
         self.measured: set[str] = set()
+        self.dims: dict[str, int | None] = {}  # symbolic input dimensions: the value each got (None: none)
+        self.scope_names: dict[str, str] = {}  # generated weight name → its module's (`val_28` → `...q_proj.weight`)
         for node in g.node:
             self.nodes[node.name] = node
             for t in node.output:
@@ -126,6 +131,12 @@ class Graph:
         """TensorInfo of a tensor, None if inference left it untyped."""
         return self.tensors.get(name)
 
+    def display_name(self, name: str) -> str:
+        """The name a person knows a weight by: its parameter's (a re-laid-out copy is its
+        original), or its module's where the exporter generated a name (`val_28`)."""
+        name = self.origins.get(name, name)
+        return self.scope_names.get(name, name)
+
     def is_constant(self, name: str) -> bool:
         """True for an initializer or the output of a Constant node."""
         return name in self.initializers or name in self.constants
@@ -151,8 +162,11 @@ class Graph:
                            f"give it with --input-shape INPUT=d0,d1,...")
         if not info.is_static:
             dims = ",".join(str(d if d is not None else "?") for d in info.shape)
+            left = [k for k, v in self.dims.items() if v is None]
+            hint = (f"--dim {left[0]}=N, " if left else "") + "--batch N or --input-shape INPUT=d0,d1,..."
             raise BadInput(f"shape of tensor '{name}' ({where}) is [{dims}], not static; "
-                           f"fix the symbolic dimensions with --batch N or --input-shape INPUT=d0,d1,...")
+                           f"fix the symbolic dimensions with {hint}" +
+                           (f" (symbolic: {', '.join(left)})" if left else ""))
         return tuple(int(d) for d in info.shape)  # type: ignore[arg-type]
 
     def inputs_static(self) -> bool:
@@ -276,6 +290,55 @@ def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def parse_dim(spec: str) -> tuple[str, int]:
+    """Parse `sequence_length=128` into ('sequence_length', 128)."""
+    name, sep, value = spec.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        size = int(value)
+        if not 0 <= size <= MAX_DIM:
+            raise ValueError
+    except ValueError:
+        raise BadInput(f"--dim '{spec}': expected NAME=VALUE with an integer from 0 to {MAX_DIM} "
+                       f"(0: an empty cache)") from None
+    return name.strip(), size
+
+
+def symbolic_dims(model: onnx.ModelProto) -> list[str]:
+    """The names of the symbolic dimensions of the graph inputs, in order of appearance."""
+    init = {t.name for t in model.graph.initializer}
+    found: dict[str, None] = {}
+    for vi in model.graph.input:
+        if vi.name not in init:
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_param") and d.dim_param:
+                    found.setdefault(d.dim_param)
+    return list(found)
+
+
+def _set_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> dict[str, int | None]:
+    """Give every symbolic input dimension named in `dims` its value; return each symbolic
+    dimension found with the value it got (None: still symbolic)."""
+    found = symbolic_dims(model)
+    unknown = sorted(set(dims) - set(found))
+    if unknown:
+        raise BadInput(f"--dim {unknown[0]}: the model's inputs have no symbolic dimension of that name "
+                       f"(they have: {', '.join(found) or 'none'})")
+    init = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in init:
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in dims:
+                value = int(dims[d.dim_param])
+                if value:  # 0: an empty dimension (a key/value cache before the first token)
+                    check_dim(value, f"--dim {d.dim_param}")
+                d.Clear()
+                d.dim_value = value
+    return {name: dims.get(name) for name in found}
+
+
 def _set_input_shapes(model: onnx.ModelProto, batch: int | None, shapes: Mapping[str, Sequence[int]]) -> None:
     init = {t.name for t in model.graph.initializer}
     inputs = {i.name: i for i in model.graph.input if i.name not in init}
@@ -371,12 +434,15 @@ def infer_shapes(model: onnx.ModelProto, where: object) -> onnx.ModelProto:
 
 
 def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = None,
-         input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+         input_shapes: Mapping[str, Sequence[int]] | None = None, dims: Mapping[str, int] | None = None) -> Graph:
     """Load an ONNX model into a Graph.
 
-    Symbolic leading (batch) dimensions of graph inputs become `batch` (default 1); other
-    symbolic dimensions stay symbolic unless `input_shapes` fixes them. Local functions are
-    inlined; external data is checked but read only when an initializer's value is needed.
+    Named symbolic dimensions of the graph inputs take their value from `dims`
+    (`{"sequence_length": 128}`, every input at once); symbolic leading (batch) dimensions left
+    become `batch` (default 1); `input_shapes` fixes whole inputs; other symbolic dimensions
+    stay symbolic. `graph.dims` records every symbolic dimension found and the value it got.
+    Local functions are inlined; external data is checked but read only when an initializer's
+    value is needed.
     """
     if batch is not None:
         check_dim(batch, "--batch")
@@ -389,7 +455,12 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
         model = inliner.inline_local_functions(model)
     _unique_node_names(model)
     declared = {vi.name: _tensor_info(vi) for vi in list(model.graph.input) + list(model.graph.output)}
+    found = _set_dims(model, dims or {})
+    leading = {d.dim_param for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}
+               for d in vi.type.tensor_type.shape.dim[:1] if d.HasField("dim_param") and d.dim_param}
     _set_input_shapes(model, batch, input_shapes or {})
+    left = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    found.update({name: batch or 1 for name in leading if found.get(name) is None and name not in left})
     _clear_inferred(model)
     stored = _stored_constants(model)
     from_nodes = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
@@ -427,8 +498,54 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
                      for k, v in done.derived.items() if v}
     graph.measured = measured & set(graph.tensors)
     graph.declared = declared
+    graph.dims = found
+    graph.scope_names = _scope_names(model, graph.origins)
     graph._arrays.update(done.values)
     return graph
+
+
+GENERATED = re.compile(r"^(val_\d+|onnx::\w+_\d+|_v_\d+|const_\w+)$")
+WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+def torchscript_scope(node_name: str) -> str:
+    """The module path of a TorchScript node name: `/features/features.1/conv/conv.0/Conv` →
+    `features.1.conv.0` (a child of a Sequential or ModuleList is scoped as `parent.index`)."""
+    qual, last = "", ""
+    for c in node_name.strip("/").split("/")[:-1]:
+        if last and c.startswith(last + "."):
+            qual = qual[:len(qual) - len(last)] + c
+        else:
+            qual = f"{qual}.{c}" if qual else c
+        last = c
+    return qual
+
+
+def _scope_names(model: onnx.ModelProto, origins: Mapping[str, str]) -> dict[str, str]:
+    """Weights with a generated name (`val_28`, `onnx::MatMul_123`) read by a Conv/Gemm/MatMul
+    whose node carries the torch exporter's module scope (`pkg.torch.onnx.name_scopes`, or a
+    TorchScript node name `/model/layers.0/self_attn/q_proj/MatMul`): `{module}.weight`."""
+    out: dict[str, str] = {}
+    for node in model.graph.node:
+        i = WEIGHTED.get(node.op_type)
+        if i is None or len(node.input) <= i:
+            continue
+        weight = origins.get(node.input[i], node.input[i])
+        if not GENERATED.match(weight) or weight in out:
+            continue
+        scope = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        module = None
+        if scope:
+            try:
+                parts = [x for x in ast.literal_eval(scope) if x]
+            except (ValueError, SyntaxError):
+                parts = []
+            module = parts[-2] if len(parts) >= 2 else None
+        elif node.name.startswith("/") and node.name.count("/") >= 2:
+            module = torchscript_scope(node.name)
+        if module:
+            out[weight] = f"{module}.weight"
+    return out
 
 
 def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], values: Mapping[str, np.ndarray],

@@ -9,7 +9,7 @@ import onnx
 
 from . import graph as graph_mod
 from . import units
-from .costs import CostModel, cost_model
+from .costs import CostModel, cost_model, kv_cache
 from .profiles import Profile, load_profile
 from .tables import SCHEMA_VERSION, TOP, Column, Table
 
@@ -44,6 +44,7 @@ class Analysis:
             "batch": self.batch or 1,
             "opset": g.opset,
             "nodes": len(ops),
+            "dims": dict(g.dims),
             "units": UNITS,
             "profiles": {p.key: {"name": p.name, "peak_gflops": p.peak_gflops, "bandwidth_gbs": p.bandwidth_gbs,
                                  "op_overhead_us": p.op_overhead_us, "run_overhead_us": p.run_overhead_us,
@@ -56,12 +57,13 @@ class Analysis:
                 "weight_bytes": self.costs.total("weight_bytes"),
                 "activation_bytes": self.costs.total("activation_bytes"),
                 "activation_bytes_by_dtype": self.costs.activation_bytes_by_dtype(),
+                "kv_cache_bytes": kv_cache(g),
                 "latency_s": {p.key: self.costs.resource("latency", p) for p in self.profiles},
                 "ops_latency_s": ops_s,
                 "run_overhead_s": {p.key: p.run_overhead_us * 1e-6 for p in self.profiles},
             },
             "not_costed": [{"name": c.name, "op_type": c.op_type, "reason": c.note} for c in ops if not c.costed],
-            "ops": [_op_dict(c, lat[i]) for i, c in enumerate(ops)],
+            "ops": [_op_dict(c, lat[i], g) for i, c in enumerate(ops)],
         }
 
     def tables(self, top: int | None = TOP) -> list[Table]:
@@ -102,9 +104,16 @@ class Analysis:
         t = d["totals"]
         folded = f" (of which {units.count(t['folded_constant_values'])} folded constant values)" \
             if t["folded_constant_values"] else ""
-        lines = [f"model: {self.model}  (opset {d['opset']}, {d['nodes']} nodes, batch {d['batch']})",
+        lines = [f"model: {self.model}  (opset {d['opset']}, {d['nodes']} nodes, batch {d['batch']})"]
+        if d["dims"]:
+            lines.append("symbolic dims: " + ", ".join(f"{k}={'?' if v is None else v}" for k, v in d["dims"].items()) +
+                         "  (set with --dim NAME=VALUE)")
+        lines += [
                  f"MACs {units.count(t['macs'])}  FLOPs {units.count(t['flops'])}  params {units.count(t['params'])}"
                  f"{folded}  weights {units.nbytes(t['weight_bytes'])}  activations {units.nbytes(t['activation_bytes'])}"]
+        kv = t["kv_cache_bytes"]
+        if kv["read"] or kv["written"]:
+            lines.append(f"KV cache: reads {units.nbytes(kv['read'])}, writes {units.nbytes(kv['written'])}")
         for p in self.profiles:
             lines.append(f"latency on {p.key} ({p.name}): {latency_text(t['ops_latency_s'][p.key], p.run_overhead_us * 1e-6)}"
                          f" (roofline)")
@@ -127,8 +136,9 @@ def _shapes(shapes: Sequence[Sequence]) -> str:
     return ", ".join("x".join(str(d) for d in s) or "scalar" for s in shapes) or "-"
 
 
-def _op_dict(c, lat: Mapping[str, tuple[float, str]]) -> dict:
-    return {"name": c.name, "op_type": c.op_type, "weight": c.weights[0] if c.weights else None, "dtype": c.dtype,
+def _op_dict(c, lat: Mapping[str, tuple[float, str]], graph) -> dict:
+    return {"name": c.name, "op_type": c.op_type, "weight": graph.display_name(c.weights[0]) if c.weights else None,
+            "dtype": c.dtype,
             "costed": c.costed, "input_shapes": [list(s) for s in c.in_shapes],
             "output_shapes": [list(s) for s in c.out_shapes], "macs": c.macs,
             "flops": c.flops, "params": c.params, "bytes": c.bytes, "weight_bytes": c.weight_bytes,
@@ -139,9 +149,10 @@ def _op_dict(c, lat: Mapping[str, tuple[float, str]]) -> dict:
 
 
 def analyze(model: str | os.PathLike | onnx.ModelProto, profiles: Sequence[str | Profile] = (), *,
-            batch: int | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Analysis:
+            batch: int | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
+            dims: Mapping[str, int] | None = None) -> Analysis:
     """Load a model, cost every op and evaluate the roofline on each profile (name, path or Profile)."""
     profs = [p if isinstance(p, Profile) else load_profile(p) for p in profiles]
-    g = graph_mod.load(model, batch=batch, input_shapes=input_shapes)
+    g = graph_mod.load(model, batch=batch, input_shapes=input_shapes, dims=dims)
     name = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
     return Analysis(name, batch, cost_model(g), profs)

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${MORPHONNX_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev,torch,tf,plot]"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev,torch,tf,plot,llm]"
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..graph import load
+from ..graph import load, torchscript_scope
 from ..groups import find_groups
 from ..output import write_text
 from ..tables import SCHEMA_VERSION
@@ -137,17 +137,10 @@ def _parameter_of(graph, name: str, params: dict, placeholders: dict) -> str | N
 
 
 def _scope_module(node_name: str, modules: dict) -> str | None:
-    """The module of a TorchScript node name: `/features/features.1/conv/conv.0/Conv` → `features.1.conv.0`
-    (a child of a Sequential or ModuleList is scoped as `parent.index`)."""
+    """The module of a TorchScript node name (`graph.torchscript_scope`), if the model has it."""
     if not node_name.startswith("/"):
         return None
-    qual, last = "", ""
-    for c in node_name.strip("/").split("/")[:-1]:
-        if last and c.startswith(last + "."):
-            qual = qual[:len(qual) - len(last)] + c
-        else:
-            qual = f"{qual}.{c}" if qual else c
-        last = c
+    qual = torchscript_scope(node_name)
     return qual if qual in modules else None
 
 

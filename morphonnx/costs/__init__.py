@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -52,6 +53,7 @@ class Work:
     read_bytes: int | None = None
     write_bytes: int | None = None
     non_params: tuple[int, ...] = ()
+    constant_reads: bool = True  # False: `read_bytes` already holds what the op reads of its constants
     kind: str = ""  # structural variant that runtimes treat differently ("depthwise", "grouped")
     channels: tuple[int, int] | None = None  # (in, out) channels, for kernels that want aligned counts
 
@@ -205,7 +207,7 @@ def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
         if graph.is_constant(t):
             if _exporter_zero_bias(graph, node, i):
                 continue
-            if work.moves:
+            if work.moves and work.constant_reads:
                 cost.weight_bytes += ctx.tensor_bytes(t, where)
                 inputs.append(i)
             if i not in work.non_params:
@@ -272,6 +274,25 @@ class CostModel:
             if c.activation_bytes:
                 out[c.dtype] = out.get(c.dtype, 0) + c.activation_bytes
         return out
+
+
+KV_INPUT = re.compile(r"past|cache", re.IGNORECASE)
+KV_OUTPUT = re.compile(r"present|cache", re.IGNORECASE)
+
+
+def kv_cache(graph: Graph) -> dict[str, int]:
+    """Bytes of a decoder's key/value cache: read from its cache inputs (`past_key_values.0.key`,
+    `past.0.value`, `*cache*`) and written to its cache outputs (`present.0.key`); 0 and 0 for a
+    model without one. Tensors of rank 3 and more only (a cache, not a position counter)."""
+    def size(names, pattern) -> int:
+        total = 0
+        for t in names:
+            info = graph.info(t)
+            if pattern.search(t) and info is not None and info.shape is not None and len(info.shape) >= 3 \
+                    and info.is_static:
+                total += math.prod(info.shape) * _itemsize(info.elem_type)
+        return total
+    return {"read": size(graph.inputs, KV_INPUT), "written": size(graph.outputs, KV_OUTPUT)}
 
 
 def cost_model(graph: Graph, nodes: Iterable[onnx.NodeProto] | None = None) -> CostModel:

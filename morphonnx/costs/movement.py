@@ -25,10 +25,15 @@ def copy(ctx: OpContext) -> Work:
 
 @register(*PARTIAL)
 def partial_copy(ctx: OpContext) -> Work:
-    """No arithmetic; reads only what it writes."""
+    """No arithmetic; reads only what it writes (and its indices): an embedding lookup reads the
+    rows it gathers, not the whole table."""
     written = sum(ctx.tensor_bytes(t, f"output of {ctx.node.op_type} '{ctx.node.name}'")
                   for t in ctx.node.output if t)
-    return Work(read_bytes=written)
+    if not ctx.graph.is_constant(ctx.node.input[0]):
+        return Work(read_bytes=written)
+    indices = sum(ctx.tensor_bytes(t, f"input {i} of {ctx.node.op_type} '{ctx.node.name}'")
+                  for i, t in enumerate(ctx.node.input[1:], 1) if t and not ctx.graph.is_constant(t))
+    return Work(read_bytes=written + indices, constant_reads=False)
 
 
 @register("SplitToSequence")
