@@ -426,7 +426,13 @@ def _numel(t: TensorProto) -> int:
 
 
 def infer_shapes(model: onnx.ModelProto, where: object) -> onnx.ModelProto:
-    """onnx shape inference with data propagation (resolves Shape→Gather→Reshape chains)."""
+    """onnx shape inference with data propagation (resolves Shape→Gather→Reshape chains).
+    Value_info of tensors that became constants (folded since the last inference) goes first:
+    a stale symbolic shape there would win over the constant's own."""
+    const = {t.name for t in model.graph.initializer} | {i.name for i in model.graph.input}
+    stale = [vi for vi in model.graph.value_info if vi.name in const]
+    for vi in stale:
+        model.graph.value_info.remove(vi)
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:
@@ -571,8 +577,7 @@ def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], 
         return False
     try:
         import onnxruntime as ort
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+        m = _ancestors(model, unknown)  # only what computes them: a decoder's mask, not its weights
         outs = {o.name for o in m.graph.output}
         m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in unknown if t not in outs)
         rng = np.random.default_rng(0)
@@ -582,18 +587,17 @@ def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], 
             dtype = info.dtype or np.float32
             feeds[i.name] = (rng.standard_normal(info.shape).astype(dtype) if np.issubdtype(dtype, np.floating)
                              else np.zeros(info.shape, dtype=dtype))
-        listed = {i.name for i in g.input}
-        for name, t in weights.items():
-            if name in listed:
-                feeds[name] = values[name] if name in values else numpy_helper.to_array(t, base_dir or "")
-        for name, v in values.items():
-            feeds.setdefault(name, np.ascontiguousarray(v))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 4
         sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         wanted_out = set(unknown)
         names = [o.name for o in sess.get_outputs() if o.name in wanted_out]
+        for name in (i.name for i in sess.get_inputs() if i.name not in feeds):  # weights, read when wanted
+            if name in values:
+                feeds[name] = np.ascontiguousarray(values[name])
+            elif name in weights:
+                feeds[name] = numpy_helper.to_array(weights[name], base_dir or "")
         wanted = {i.name for i in sess.get_inputs()}
         results = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
     except Exception:
@@ -609,6 +613,38 @@ def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], 
             g.value_info.append(vi)
         measured.add(name)
     return bool(names)
+
+
+def _ancestors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of the model with only the nodes that `tensors` depend on (the whole model when a
+    node holds a subgraph, whose outer names the walk would not see)."""
+    g = model.graph
+    if any(a.HasField("g") or a.graphs for n in g.node for a in n.attribute):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        return m
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output if o}
+    need: set[int] = set()
+    stack, seen = list(tensors), set()
+    while stack:
+        t = stack.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        k = producer[t]
+        if k not in need:
+            need.add(k)
+            stack.extend(i for i in g.node[k].input if i)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.node[:]
+    m.graph.node.extend(g.node[k] for k in sorted(need))
+    used = {i for k in need for i in g.node[k].input}
+    keep = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    del m.graph.output[:]
+    return m
 
 
 def iter_constant_inputs(graph: Graph, node: onnx.NodeProto) -> Iterable[tuple[int, str]]:

@@ -67,12 +67,16 @@ class Groups:
     element_group: np.ndarray  # element id → (group id, group channel), shape [count, 2]
 
     def by_source_name(self) -> dict[str, list[Source]]:
-        """Sources by node name and by weight (or BN scale) initializer name."""
+        """Sources by node name, by weight (or BN scale) initializer name, and by the module name
+        of a weight the exporter renamed (`val_28` is also `...q_proj.weight`)."""
         out: dict[str, list[Source]] = {}
         for s in self.plan.sources:
             out.setdefault(s.node, []).append(s)
             if s.weight and s.weight != s.node:
                 out.setdefault(s.weight, []).append(s)
+                shown = self.graph.display_name(s.weight)
+                if shown not in (s.weight, s.node) and shown not in self.graph.nodes:
+                    out.setdefault(shown, []).append(s)
         return out
 
     def source_channels(self, source: Source) -> list[tuple[int, int, int]]:
@@ -245,7 +249,8 @@ def groups_table(groups: Groups, top: int | None = TOP) -> Table:
     cols += [Column("sources"), Column("pinned")]
     few = 3 if top is not None else None  # a printed table shows three sources, the full one all of them
     body = [[g.id, g.size, g.macs_per_channel, g.params_per_channel] + [g.latency_per_channel[k] for k in keys] +
-            [", ".join(s.weight or s.node for s, _ in g.sources[:few]) + (" ..." if few and len(g.sources) > few else ""),
+            [", ".join(groups.graph.display_name(s.weight) if s.weight else s.node for s, _ in g.sources[:few]) +
+             (" ..." if few and len(g.sources) > few else ""),
              g.pinned or ""] for g in shown]
     more = len(groups.groups) - len(shown)
     title = f"{'all' if not more else f'the first {len(shown)} of'} {len(groups.groups)} groups: prunable first, by MACs of the group"

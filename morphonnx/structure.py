@@ -27,7 +27,8 @@ def structure(result: PruneResult) -> dict:
         alive = 0 if vanished else int(keep.sum())
         doc["structure"][s.node] = alive
         doc["sources"].append({
-            "node": s.node, "op_type": s.op_type, "weight": s.weight, "channels": size, "alive": alive,
+            "node": s.node, "op_type": s.op_type, "weight": s.weight,
+            "name": graph.display_name(s.weight) if s.weight else s.node, "channels": size, "alive": alive,
             "kept": np.flatnonzero(keep).tolist(), "vanished": vanished,
             "groups": sorted({int(groups.element_group[i, 0]) for i in plan.ids(s.tensor).tolist()}),
         })
@@ -45,7 +46,7 @@ def structure_table(doc: dict, top: int | None = TOP) -> Table:
     shown = rows if top is None else rows[:top]
     cols = [Column("layer"), Column("node"), Column("op_type"), Column("channels", "int"), Column("alive", "int"),
             Column("kept", "percent", "kept_percent"), Column("vanished")]
-    body = [[r["weight"] or r["node"], r["node"], r["op_type"], r["channels"], r["alive"],
+    body = [[r.get("name") or r["weight"] or r["node"], r["node"], r["op_type"], r["channels"], r["alive"],
              100 * r["alive"] / r["channels"] if r["channels"] else None, "yes" if r["vanished"] else ""]
             for r in shown]
     more = len(rows) - len(shown)
