@@ -430,9 +430,10 @@ def infer_shapes(model: onnx.ModelProto, where: object) -> onnx.ModelProto:
     Value_info of tensors that became constants (folded since the last inference) goes first:
     a stale symbolic shape there would win over the constant's own."""
     const = {t.name for t in model.graph.initializer} | {i.name for i in model.graph.input}
-    stale = [vi for vi in model.graph.value_info if vi.name in const]
-    for vi in stale:
-        model.graph.value_info.remove(vi)
+    if any(vi.name in const for vi in model.graph.value_info):
+        keep = [vi for vi in model.graph.value_info if vi.name not in const]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:
