@@ -97,3 +97,25 @@ def test_shapes_come_from_inference_not_a_run(decoder):
     g = morphonnx.load(path, dims={"sequence_length": 1, "past_sequence_length": 31})
     assert g.measured == set()
     assert all(g.info(t) is not None and g.info(t).is_static for n in g.nodes.values() for t in n.output if t)
+
+
+def test_random_prunes_keep_the_contract(decoder):
+    """MLP channels (both kinds) and GPT-2's residual stream (token and position embeddings are
+    its sources; LayerNormalization normalizes over it exactly) prune with random masks and
+    compute what the oracle computes; Llama's stream stays pinned by its written-out RMSNorm."""
+    from conftest import random_masks
+    from morphonnx.rewrite import prune
+    from morphonnx.verify import check
+    kind, cfg, path = decoder
+    g = morphonnx.load(path, dims={"sequence_length": 4, "past_sequence_length": 3})
+    groups = morphonnx.find_groups(g)
+    stream = next(x for x in groups.groups if any(s.op_type == "Gather" for s, _ in x.sources))
+    assert (stream.pinned is None) == (kind == "gpt2"), stream.pinned
+    if kind == "llama":
+        assert "reduces over channels" in stream.pinned
+    before = morphonnx.cost_model(g).total("macs")
+    for seed in (0, 1):
+        result = prune(groups, random_masks(groups, seed))
+        c = check(g, result.oracle, result.model)
+        assert c.ok, (seed, c.relative)
+        assert morphonnx.cost_model(morphonnx.load(result.model)).total("macs") < before

@@ -135,6 +135,14 @@ def gather(ctx: TieContext) -> None:
     """Gathering along another axis passes channels through (the axis may move); along channels: pin."""
     x, idx, out = ctx.input(0), ctx.input(1), ctx.output(0)
     xs, xshape, ishape = ctx.space(x), ctx.shape(x), ctx.shape(idx)
+    if xs is None and ishape is not None and xshape is not None and len(xshape) == 2 and ctx.is_constant(x) \
+            and not ctx.is_constant(idx) and _axis(ctx, 2) == 0:
+        # an embedding lookup: its table's columns create the output channels (a token or
+        # position embedding starts a transformer's residual stream)
+        ctx.out_space(out, len(ishape), xshape[1])
+        ctx.source(out, "weight", x)
+        ctx.slice(0, 1, out)
+        return
     if xs is None or ishape is None:
         return
     axis = _axis(ctx, len(xshape))
