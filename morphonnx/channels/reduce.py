@@ -36,7 +36,7 @@ def reduce(ctx: TieContext) -> None:
     if ctx.node.name in ctx.plan.norm_parts:  # the variance of a decomposed LayerNorm (below)
         return
     if axes == [xs.axis] == [len(xshape) - 1] and xs.block == 1 and ctx.node.op_type == "ReduceMean" \
-            and _decomposed_norm(ctx, x):
+            and (_decomposed_norm(ctx, x) or _rms_norm(ctx, x)):
         return
     if axes is None or xs.axis in axes:
         return ctx.pin(x, f"{ctx.where} reduces over channels")
@@ -137,6 +137,73 @@ def _decomposed_norm(ctx: TieContext, x: str) -> bool:
     ctx.consume(0, raw=True)
     ctx.hook(_decomposed_hook(sub[0].name, [n.name for n in parts]))
     return True
+
+
+def _rms_norm(ctx: TieContext, x2: str) -> bool:
+    """An RMSNorm over the last (channel) axis written out (Llama, Qwen, Mistral exports):
+    x2 = x² (Pow or Mul); m = ReduceMean(x2); r = 1 / Sqrt(m + eps) (Reciprocal, Div or Rsqrt
+    forms); y = w · (x · r) with a constant per-channel w. The removed channels' w is 0 in the
+    oracle, so they output 0; the pruned mean over C' channels is rescaled to the mean over C
+    (`_rms_hook`: × C'/C, + the removed channels' input-independent x² / C). False (nothing
+    declared) if the ops around this mean are not that."""
+    g = ctx.graph
+    users = lambda t: [g.nodes[u] for u in g.consumers.get(t, [])]
+    sq = g.nodes.get(g.producer.get(x2, ""))
+    if sq is None or ctx.attr("keepdims", 1) == 0:
+        return False
+    x = sq.input[0]
+    square = (sq.op_type == "Mul" and list(sq.input) == [x, x]) or (
+        sq.op_type == "Pow" and ctx.value(sq.input[1]) is not None and float(ctx.value(sq.input[1])) == 2.0)
+    if not square or len(g.consumers.get(x2, [])) != 1:
+        return False
+    t, chain = ctx.output(0), []
+    for _ in range(4):  # mean → (+ eps) → Sqrt → Reciprocal / 1 / · ; or → Rsqrt-like Pow(-0.5)
+        nxt = users(t)
+        if len(nxt) != 1 or nxt[0].op_type not in ("Add", "Sqrt", "Reciprocal", "Div", "Pow"):
+            break
+        chain.append(nxt[0])
+        t = nxt[0].output[0]
+    scaled = [n for n in users(t) if n.op_type == "Mul" and x in n.input]
+    if not chain or len(scaled) != 1:
+        return False
+    y = scaled[0].output[0]
+    after = users(y)
+    if len(after) == 1 and after[0].op_type == "Cast":
+        y, after = after[0].output[0], users(after[0].output[0])
+    c = ctx.space(x2).size
+    weight = [n for n in after if n.op_type == "Mul" and
+              any(ctx.is_constant(i) and ctx.shape(i) == (c,) for i in n.input)]
+    if len(after) != 1 or len(weight) != 1:
+        return False  # no per-channel weight: the removed channels would not output 0
+    w = weight[0]
+    i = next(k for k, t in enumerate(w.input) if ctx.is_constant(t) and ctx.shape(t) == (c,))
+    ctx.plan.silenced.append(Slicing(i, 0, w.output[0], node=w.name))
+    ctx.consume(0, raw=True)  # the removed channels' x² at the mean enter its statistics
+    ctx.hook(_rms_hook)
+    return True
+
+
+def _rms_hook(rw) -> None:
+    """The mean of x² over C' of C channels, as the original's over C: × C'/C, + Σ removed x² / C."""
+    import onnx_graphsurgeon as gs
+    node = rw.node
+    x2, m = node.inputs[0], node.outputs[0]
+    kept = rw.kept(x2)
+    if kept is None or rw.rw.norm_values is None:  # nothing removed, or a grown model: a plain mean
+        return
+    c, n = rw.size(x2), len(kept)
+    dtype = np.dtype(x2.dtype) if x2.dtype is not None else np.dtype(np.float32)
+    values = rw.rw.norm_values.get(node.name)
+    extra = np.zeros([1], dtype) if values is None else \
+        (np.sum(np.asarray(values, dtype=np.float64), axis=-1, keepdims=True) / c).astype(dtype)
+    part = gs.Variable(f"{node.name}.kept_mean", dtype=m.dtype)
+    node.outputs = [part]
+    scaled = gs.Variable(f"{node.name}.over_all", dtype=m.dtype)
+    graph = rw.rw.gs_graph
+    graph.nodes.append(gs.Node("Mul", f"{node.name}.rescale", {},
+                               [part, gs.Constant(f"{node.name}.kept_share", np.array(n / c, dtype=dtype))], [scaled]))
+    graph.nodes.append(gs.Node("Add", f"{node.name}.removed", {},
+                               [scaled, gs.Constant(f"{node.name}.removed_mean", extra)], [m]))
 
 
 def _decomposed_hook(sub: str, parts: list[str]):
