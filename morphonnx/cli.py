@@ -217,7 +217,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"warning: {w}", file=sys.stderr)
         say = _say(args)
         summary = _prune_report(graph, groups, result, summarize(graph, result.model), args, say)
-        model, why = (result.model, None) if args.batch else dynamic_batch(graph, result.model)
+        general = _symbolic(args, graph, groups, result) if args.dim else None
+        if general is not None:
+            model, why = general, None
+        else:
+            model, why = (result.model, None) if args.batch else dynamic_batch(graph, result.model)
         if why:
             print(f"warning: {why}", file=sys.stderr)
         staged = out.model(args.output, model, external=bool(graph.external_files()))
@@ -229,6 +233,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
             for note in c.notes:
                 say(f"  {note}")
             summary["check"] = c.to_dict()
+            if c.ok and general is not None:
+                c2, dims2 = _check_elsewhere(args, graph, groups, result, staged)
+                say(f"  and at {', '.join(f'{k}={v}' for k, v in dims2.items())}: {c2.describe().split(': ', 2)[-1]}")
+                summary["check_at_other_dims"] = {"dims": dims2, **c2.to_dict()}
+                c = c2
             if not c.ok:
                 print(f"morphonnx: the pruned model fails the equivalence check; {args.output} not written",
                       file=sys.stderr)
@@ -242,6 +251,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
             out.text(args.json, json.dumps(summary, indent=1))
         _finish(out, *(() if code else (args.output,)), args.json, args.masks_out, *files)
     return code
+
+
+def _symbolic(args: argparse.Namespace, graph, groups, result):
+    """The pruned model with the file's symbolic dimensions back (`symbolic.generalize`), or
+    None with a warning when it cannot be written so (the model keeps the --dim values)."""
+    from .symbolic import generalize
+    model, why = generalize(graph, result.model)
+    if model is None:
+        print(f"warning: the pruned model keeps the --dim values ({why})", file=sys.stderr)
+    return model
+
+
+def _check_elsewhere(args: argparse.Namespace, graph, groups, result, staged):
+    """The written model checked at a second setting of the symbolic dimensions (each + 1)
+    against the oracle there (the file loaded at those values, the same masks applied)."""
+    from .graph import load
+    from .groups import find_groups
+    from .masks import legalize, masks_document, masks_from_sources
+    from .rewrite import prune
+    from .symbolic import second_setting
+    from .verify import check
+    dims2 = second_setting(graph)
+    kw = _load_kw(args)
+    kw["dims"] = {k: v for k, v in dims2.items() if k in kw["dims"]}
+    graph2 = load(args.model, **kw)
+    groups2 = find_groups(graph2)
+    result2 = prune(groups2, legalize(groups2, masks_from_sources(groups2, masks_document(groups, result.masks)["masks"])))
+    c = check(graph2, result2.oracle, staged)
+    c.file = args.output
+    return c, kw["dims"]
 
 
 def _prune_report(graph, groups, result, costs: dict, args: argparse.Namespace, say) -> dict:

@@ -117,3 +117,31 @@ def test_random_prunes_keep_the_contract(decoder):
         c = check(g, result.oracle, result.model)
         assert c.ok, (seed, c.relative)
         assert morphonnx.cost_model(morphonnx.load(result.model)).total("macs") < before
+
+
+def test_a_pruned_decoder_keeps_its_symbolic_dims(decoder, tmp_path, capsys):
+    """prune --dim writes the pruned decoder with the file's shape computations and symbolic
+    dims (not folded at the --dim values): checked at those values and at a second setting by the
+    command, and here at a third (decode after a long cache) against the oracle there."""
+    from conftest import random_masks
+    from morphonnx.masks import legalize, masks_document, masks_from_sources
+    from morphonnx.rewrite import prune
+    from morphonnx.verify import check
+    kind, cfg, path = decoder
+    dims = {"sequence_length": 4, "past_sequence_length": 3}
+    groups = morphonnx.find_groups(morphonnx.load(path, dims=dims))
+    masks = tmp_path / "m.json"
+    masks.write_text(json.dumps(masks_document(groups, random_masks(groups, 2))))
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(path), "--dim", "sequence_length=4", "--dim", "past_sequence_length=3",
+                 "--masks", str(masks), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "and at sequence_length=5, past_sequence_length=4: onnx full checker passed" in text
+    import onnx
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load(out).graph.input}
+    assert shapes["input_ids"] == [1, "sequence_length"] and shapes["past_key_values.0.key"][2] == "past_sequence_length"
+    other = {"sequence_length": 1, "past_sequence_length": 40}
+    g = morphonnx.load(path, dims=other)
+    g_groups = morphonnx.find_groups(g)
+    result = prune(g_groups, legalize(g_groups, masks_from_sources(g_groups, json.loads(masks.read_text())["masks"])))
+    assert check(g, result.oracle, str(out)).ok
