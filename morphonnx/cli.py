@@ -111,7 +111,11 @@ def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
 def _load_kw(args: argparse.Namespace) -> dict:
     """How the command's models are loaded: --batch, --input-shape, --dim."""
     from .graph import parse_dim
-    return {"batch": args.batch, "input_shapes": _shapes(args), "dims": dict(parse_dim(s) for s in args.dim)}
+    dims = [parse_dim(s) for s in args.dim]
+    twice = sorted({k for k, _ in dims if sum(k == j for j, _ in dims) > 1})
+    if twice:
+        raise BadInput(f"--dim {twice[0]}: given twice")
+    return {"batch": args.batch, "input_shapes": _shapes(args), "dims": dict(dims)}
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -183,14 +187,14 @@ def _masks(args: argparse.Namespace, groups):
 
 def cmd_structure(args: argparse.Namespace) -> int:
     """Alive channels per layer after masks and topology morphing (MorphNet's structure export)."""
-    from .rewrite import prune, summarize
+    from .rewrite import prune
     from .structure import format_structure, structure, structure_summary, structure_table
     with Outputs([args.model, args.masks]) as out:
         _claim_tables(out, args)
         graph, groups = _groups(args, out)
         result = prune(groups, _masks(args, groups))
         doc = {"schema_version": SCHEMA_VERSION, "model": str(args.model), **structure(result),
-               "costs": summarize(graph, result.model)}
+               "costs": _written_costs(args, graph, result)}
         if args.json:
             out.text(args.json, json.dumps(doc, indent=1))
         files = _write_tables(out, args, [structure_table(doc, args.top)], [structure_table(doc, None)],
@@ -216,8 +220,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         for w in result.masks.warnings + result.notes:
             print(f"warning: {w}", file=sys.stderr)
         say = _say(args)
-        summary = _prune_report(graph, groups, result, summarize(graph, result.model), args, say)
         general = _symbolic(args, graph, groups, result) if args.dim else None
+        written = summarize(graph, general if general is not None else result.model, **_load_kw(args))
+        summary = _prune_report(graph, groups, result, written, args, say)
         if general is not None:
             model, why = general, None
         else:
@@ -251,6 +256,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
             out.text(args.json, json.dumps(summary, indent=1))
         _finish(out, *(() if code else (args.output,)), args.json, args.masks_out, *files)
     return code
+
+
+def _written_costs(args: argparse.Namespace, graph, result) -> dict:
+    """summarize() of the model `prune` would write (with its symbolic dims back under --dim)."""
+    from .rewrite import summarize
+    from .symbolic import generalize
+    general = generalize(graph, result.model)[0] if args.dim else None
+    return summarize(graph, general if general is not None else result.model, **_load_kw(args))
 
 
 def _symbolic(args: argparse.Namespace, graph, groups, result):
@@ -449,6 +462,11 @@ def _expand(args: argparse.Namespace, out: Outputs) -> int:
         out.text(args.json, json.dumps(doc, indent=1))
     if args.output:
         model, why = (grower.model(e.widths), None) if args.batch else dynamic_batch(graph, grower.model(e.widths))
+        if args.dim:
+            from .symbolic import generalize
+            general, why = generalize(graph, grower.model(e.widths))
+            model, why = (general, None) if general is not None else \
+                (model, f"the expanded model keeps the --dim values ({why})")
         if why:
             print(f"warning: {why}", file=sys.stderr)
         staged = out.model(args.output, model, external=bool(graph.external_files()))

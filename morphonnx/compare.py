@@ -185,12 +185,16 @@ class Comparison:
         cols += [Column("KV read", "bytes", "kv_cache_read_bytes"), Column("KV written", "bytes", "kv_cache_written_bytes")] \
             if kv else []
         cols += [Column(k, "seconds", f"latency_{k}_s") for k in keys]
+        tokens = [_tokens(m["dims"]) for m in doc["models"]]  # new tokens per run (prefill: many, decode: 1)
+        per_token = any(tokens) and len({t for t in tokens if t}) > 1
+        cols += [Column(f"{k} per token", "seconds", f"latency_{k}_per_token_s") for k in keys] if per_token else []
         cols += [Column(f"speedup {k}", "ratio", f"speedup_{k}") for k in keys] if n > 1 else []
         body = []
         for i, m in enumerate(doc["models"]):
             r = [labels[i] + ("" if i == 0 else f" (#{i})"), m["nodes"], m["macs"], m["params"]] + \
                 ([m["kv_cache_bytes"]["read"], m["kv_cache_bytes"]["written"]] if kv else []) + \
-                [m["latency_s"][k] for k in keys]
+                [m["latency_s"][k] for k in keys] + \
+                ([m["latency_s"][k] / tokens[i] if tokens[i] else None for k in keys] if per_token else [])
             if n > 1:
                 r += [1.0 if i == 0 else doc["speedup"][i - 1][k] for k in keys]
             body.append(r)
@@ -343,6 +347,16 @@ class Comparison:
                   title="width per layer", title_fontsize=9, alignment="left")
         fig.savefig(str(path), dpi=110)
         plt.close(fig)
+
+
+def _tokens(dims: Mapping[str, int | None]) -> int | None:
+    """The new tokens of one run: the value of a `sequence_length`-like dimension that is not a
+    past (cache) length."""
+    for name, value in dims.items():
+        low = name.lower()
+        if value and ("seq" in low or "token" in low) and "past" not in low and "total" not in low:
+            return int(value)
+    return None
 
 
 def _ratio(a: float, b: float) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-MAX_FOLDED_ELEMENTS = 1 << 20
+MAX_FOLDED_ELEMENTS = 1 << 16  # a shape computation is small; a causal mask (S x T) is an activation
 METADATA_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}  # inputs read only for shape or type
 LAYOUT = ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten")
 # Not constant although they read no graph input.
@@ -187,9 +187,9 @@ def fold_constants(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto] 
             if params:
                 main = max(params, key=lambda p: math.prod(inits[p].dims) if p in inits else 0)
                 out.origins.update((o, main) for o in node.output if o)
-        else:
+        else:  # an output of unknown size waits for the next pass's shapes (it may be a whole mask)
             shapes = [_static(info.get(o)) for o in node.output if o]
-            if any(s is not None and math.prod(s) > MAX_FOLDED_ELEMENTS for s in shapes):
+            if any(s is None or math.prod(s) > MAX_FOLDED_ELEMENTS for s in shapes):
                 continue
         evaluate.append(node)
         known.update(o for o in node.output if o)

@@ -538,8 +538,8 @@ def _scope_names(model: onnx.ModelProto, origins: Mapping[str, str]) -> dict[str
         if i is None or len(node.input) <= i:
             continue
         weight = origins.get(node.input[i], node.input[i])
-        if not GENERATED.match(weight) or weight in out:
-            continue
+        if weight in out or not (GENERATED.match(weight) or ("." not in weight and "/" not in weight)):
+            continue  # a parameter's own name (`conv1.weight`, `model/dense/kernel`) stays
         scope = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
         module = None
         if scope:

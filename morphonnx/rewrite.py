@@ -364,12 +364,15 @@ def _all_nodes(graph: onnx.GraphProto):
                 yield from _all_nodes(g)
 
 
-def summarize(graph_before: Graph, pruned: onnx.ModelProto) -> dict:
-    """MACs, FLOPs and params before and after (the figures `analyze` gives for each file), and
-    the values of the bias maps folded in for removed channels (counted in params)."""
-    from .graph import load
+def summarize(graph_before: Graph, pruned: onnx.ModelProto, **load_kw) -> dict:
+    """MACs, FLOPs and params before and after (the figures `analyze` gives for each file, the
+    pruned one loaded as the original was: `load_kw`), and the values of the bias maps folded in
+    for removed channels (counted in params)."""
+    from .graph import load, symbolic_dims
     before = cost_model(graph_before)
-    after = cost_model(load(pruned))
+    if load_kw.get("dims"):  # a model written at the --dim values has none of them left
+        load_kw = {**load_kw, "dims": {k: v for k, v in load_kw["dims"].items() if k in symbolic_dims(pruned)}}
+    after = cost_model(load(pruned, **load_kw))
     return {"macs": [before.total("macs"), after.total("macs")], "flops": [before.total("flops"), after.total("flops")],
             "params": [before.params, after.params], "folded_constant_values": after.folded_values}
 

@@ -44,7 +44,7 @@ def generalize(graph: Graph, pruned: onnx.ModelProto) -> tuple[onnx.ModelProto |
     for name in needed:
         if name in inits and name not in recompute:
             if name in file_inits and not np.array_equal(numpy_helper.to_array(inits[name]),
-                                                         numpy_helper.to_array(file_inits[name], graph.base_dir or "")):
+                                                         numpy_helper.to_array(file_inits[name], str(graph.base_dir or ""))):
                 return None, f"'{name}' is both a changed weight and an input of a shape computation"
         elif name in file_inits and name not in inits:
             extra.append(file_inits[name])

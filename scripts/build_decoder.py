@@ -80,7 +80,7 @@ def export(model, cfg, path: str | Path, sequence: int = 8, past: int = 5) -> No
     seq = torch.export.Dim("sequence_length", min=1, max=4096)
     pl = torch.export.Dim("past_sequence_length", min=1, max=4096)
     dynamic = ({1: seq}, {1: seq}, tuple({2: pl} for _ in range(2 * layers)))
-    torch.onnx.export(Decoder(model), (ids, pos) + cache, str(path), dynamo=True, input_names=names,
+    torch.onnx.export(Decoder(model).eval(), (ids, pos) + cache, str(path), dynamo=True, input_names=names,
                       output_names=outs, dynamic_shapes=dynamic, external_data=True)
 
 
