@@ -185,10 +185,18 @@ def masks_from_threshold(groups: Groups, threshold: float) -> Masks:
 
 def _vote(groups: Groups, source, alive: np.ndarray, votes: dict, result: Masks) -> None:
     per_group: dict[int, np.ndarray] = {}
+    every: dict[int, np.ndarray] = {}
     for c, gid, k in groups.source_channels(source):
         g = groups.groups[gid]
         vote = per_group.setdefault(gid, np.zeros(g.size, dtype=bool))
         vote[k] |= bool(alive[c])
+        every.setdefault(gid, np.ones(g.size, dtype=bool))[k] &= bool(alive[c])
+    split = sum(int(np.sum(per_group[gid] & ~every[gid])) for gid in per_group if not groups.groups[gid].pinned)
+    if split:  # one source writes a group channel several times (a fused gate/up projection)
+        name = groups.graph.display_name(source.weight) if source.weight else source.node
+        result.warnings.append(f"{name}: {split} channels it writes more than once (tied, "
+                               f"e.g. the gate and up halves of a fused projection) have masks that disagree; "
+                               f"kept where any copy is kept")
     for gid, vote in per_group.items():
         g = groups.groups[gid]
         if g.pinned:

@@ -210,3 +210,19 @@ def test_whole_mode_keeps_conv_groups_that_round_would_need(rx):
 def test_a_second_legalize_keeps_the_first_ones_changes(rx):
     m = legalize(rx, masks_from_sources(rx, {"a.conv": blocks([4, 2, 4, 4])}))
     assert legalize(rx, m).changes == m.changes and len(m.changes) == 1
+
+
+def test_a_source_writing_a_channel_twice_warns_when_its_masks_disagree():
+    """A fused projection whose two halves are tied (Split → Mul, a fused gate/up) gets one group
+    channel per pair: masks that cut one half and not the other are reported, not silently merged."""
+    from conftest import Net
+    n = Net()
+    x = n.cbr("x", 4, 8, name="pre")
+    a, b = n.node("Split", [x, n.const([4, 4], dtype=np.int64)], "split", outputs=2, axis=1)
+    y = n.node("Mul", [a, b], "gate")
+    m = n.model(n.cbr(y, 4, 2, name="post"))
+    gr = find_groups(morphonnx.load(m))
+    masks = masks_from_sources(gr, {"pre.conv": [1, 1, 1, 1, 0, 0, 0, 0]})
+    assert any("4 channels it writes more than once" in w for w in masks.warnings), masks.warnings
+    masks = masks_from_sources(gr, {"pre.conv": [1, 0, 1, 0, 1, 0, 1, 0]})
+    assert not any("more than once" in w for w in masks.warnings)
