@@ -230,6 +230,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if why:
             print(f"warning: {why}", file=sys.stderr)
         staged = out.model(args.output, model, external=bool(graph.external_files()))
+        symbolic, model, general, result.model = general is not None, None, None, None  # written: free it
         code = 0
         if not args.no_check:
             c = check(graph, result.oracle, staged)
@@ -238,7 +239,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
             for note in c.notes:
                 say(f"  {note}")
             summary["check"] = c.to_dict()
-            if c.ok and general is not None:
+            if c.ok and symbolic:
+                result._oracle = None  # its onnxruntime sessions hold every weight: free them first
+                import gc
+                gc.collect()
                 c2, dims2 = _check_elsewhere(args, graph, groups, result, staged)
                 say(f"  and at {', '.join(f'{k}={v}' for k, v in dims2.items())}: {c2.describe().split(': ', 2)[-1]}")
                 summary["check_at_other_dims"] = {"dims": dims2, **c2.to_dict()}
@@ -281,8 +285,8 @@ def _check_elsewhere(args: argparse.Namespace, graph, groups, result, staged):
     against the oracle there (the file loaded at those values, the same masks applied)."""
     from .graph import load
     from .groups import find_groups
-    from .masks import legalize, masks_document, masks_from_sources
-    from .rewrite import prune
+    from .masks import apply_silenced, legalize, masks_document, masks_from_sources
+    from .oracle import oracle_model
     from .symbolic import second_setting
     from .verify import check
     dims2 = second_setting(graph)
@@ -290,8 +294,10 @@ def _check_elsewhere(args: argparse.Namespace, graph, groups, result, staged):
     kw["dims"] = {k: v for k, v in dims2.items() if k in kw["dims"]}
     graph2 = load(args.model, **kw)
     groups2 = find_groups(graph2)
-    result2 = prune(groups2, legalize(groups2, masks_from_sources(groups2, masks_document(groups, result.masks)["masks"])))
-    c = check(graph2, result2.oracle, staged)
+    doc = masks_document(groups, result.masks)  # the masks as applied: no rewrite needed for the oracle
+    masks2 = masks_from_sources(groups2, doc["masks"])
+    apply_silenced(groups2, masks2, doc.get("silenced", {}))
+    c = check(graph2, oracle_model(groups2, legalize(groups2, masks2)), staged)
     c.file = args.output
     return c, kw["dims"]
 

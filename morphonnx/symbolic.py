@@ -20,7 +20,8 @@ from .graph import Graph, read_model
 
 def generalize(graph: Graph, pruned: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
     """The pruned model computing its shapes as the file does, with the file's symbolic input
-    and output dimensions; (None, why) where that cannot be done."""
+    and output dimensions (`pruned` itself, changed in place); (None, why) where that cannot be
+    done (`pruned` unchanged)."""
     if graph.path is None or not any(v is not None for v in graph.dims.values()):
         return None, "no symbolic dimensions were set"
     original, _, _ = read_model(graph.path)
@@ -48,8 +49,7 @@ def generalize(graph: Graph, pruned: onnx.ModelProto) -> tuple[onnx.ModelProto |
                 return None, f"'{name}' is both a changed weight and an input of a shape computation"
         elif name in file_inits and name not in inits:
             extra.append(file_inits[name])
-    m = onnx.ModelProto()
-    m.CopyFrom(pruned)
+    m = pruned  # changed in place: a copy would hold every weight twice
     keep = [t for t in m.graph.initializer if t.name not in set(recompute)]
     del m.graph.initializer[:]
     m.graph.initializer.extend(keep + extra)

@@ -739,6 +739,58 @@ def bench_analyze(report: Report, zoo: Path, specs: str, repeat: int, tmp: Path)
         report.say(f"onnx-tool failed on {label}: {error}")
 
 
+# ---- a decoder over 2 GB -----------------------------------------------------------------------------
+
+def bench_decoder(report: Report, preset: str, path: Path | None, repeat: int, tmp: Path) -> None:
+    """analyze / groups / prune of a decoder language model over 2 GB (scripts/build_decoder.py,
+    built once into the cache) against onnx load+save of the same file, with peak memory against
+    the model's size and its largest tensor."""
+    import onnx
+    if path is None:
+        path = export_zoo.default_dir().parent / "decoders" / f"llama-{preset}.onnx"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([PY, str(Path(__file__).resolve().parent / "build_decoder.py"), "llama", str(path),
+                            "--preset", preset], check=True, stdout=subprocess.DEVNULL)
+    m = onnx.load(str(path), load_external_data=False)
+    sizes = [int(np.prod(t.dims)) * 4 for t in m.graph.initializer]
+    total, largest = sum(sizes) / 2**20, max(sizes) / 2**20
+    report.say(f"{path.name}: {total:.0f} MiB of weights, the largest tensor {largest:.0f} MiB")
+    t = report.table(f"a decoder over 2 GB; best of {repeat}", [("command", 40), ("s", 8), ("peak MiB", 9),
+                                                                  ("/ model size", 12), ("/ load+save s", 13)])
+    io = io_ref(path, tmp, repeat)
+    decode = ["--dim", "sequence_length=1", "--dim", "past_sequence_length=2047"]
+    prefill = ["--dim", "sequence_length=2048", "--dim", "past_sequence_length=0"]
+    masks = tmp / "half_mlp.json"
+    masks.write_text(subprocess.run([PY, "-c", HALF_MLP, str(path)], check=True, capture_output=True, text=True).stdout)
+    runs = [("analyze (decode 1 after 2047)", ["analyze", path, *decode, "--profile", "v100"], repeat),
+            ("analyze (prefill 2048)", ["analyze", path, *prefill, "--profile", "v100"], repeat),
+            ("groups (decode)", ["groups", path, *decode], repeat),
+            ("prune half the MLP channels (checked)", ["prune", path, "--dim", "sequence_length=4", "--dim",
+                                                       "past_sequence_length=12", "--masks", masks,
+                                                       "-o", tmp / "pruned.onnx"], 1)]
+    t.row("onnx load+save", f"{io.seconds:.2f}", f"{io.peak_mib:.0f}", f"{io.peak_mib / total:.2f}", "1.00")
+    for label, argv, times in runs:
+        r = morphonnx_cli(*argv, repeat=times)
+        t.row(label, r.cell(".2f"), "-" if r.error else f"{r.peak_mib:.0f}",
+              "-" if r.error else f"{r.peak_mib / total:.2f}", "-" if r.error else f"{r.seconds / io.seconds:.2f}")
+        if r.error:
+            report.say(f"{label} failed: {r.error}")
+
+
+HALF_MLP = """import json, sys, morphonnx
+g = morphonnx.load(sys.argv[1], dims={"sequence_length": 4, "past_sequence_length": 12})
+groups = morphonnx.find_groups(g)
+masks = {}
+for s in groups.plan.sources:
+    name = g.display_name(s.weight) if s.weight else s.node
+    if s.kind == "weight" and (name.endswith("gate_proj.weight") or name.endswith("up_proj.weight")):
+        n = groups.plan.spaces[s.tensor].size
+        masks[s.node] = [1] * (n // 2) + [0] * (n - n // 2)
+print(json.dumps({"masks": masks}))
+"""
+
+
 # ---- latency ----------------------------------------------------------------------------------------
 
 def spearman(a, b) -> float:
@@ -893,12 +945,16 @@ def parser() -> argparse.ArgumentParser:
     la.add_argument("--models", default="resnet18,mobilenet_v2")
     la.add_argument("--variants", type=int, default=50)
     la.add_argument("--round", type=int, default=1, help="round variant widths to multiples of this (default 1)")
+    de = sub.add_parser("decoder", help="analyze / groups / prune of a decoder over 2 GB (built once)")
+    de.add_argument("--preset", default="0.6b", help="scripts/build_decoder.py preset (default 0.6b: 2.45 GB)")
+    de.add_argument("--model", type=Path, default=None, help="a decoder ONNX file instead of the preset")
+    de.add_argument("--repeat", type=int, default=1)
     pe = sub.add_parser("penalty", help="training-step overhead of the torch penalty")
     pe.add_argument("--batch", type=int, default=16)
     pe.add_argument("--steps", type=int, default=3)
     for s in (pr, a, la):
         s.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: export_zoo's cache)")
-    for s in (sc, pr, a, la, pe):
+    for s in (sc, pr, a, la, pe, de):
         s.add_argument("--out", type=Path, default=None, help="also write the tables as Markdown to this file")
     return p
 
@@ -906,7 +962,7 @@ def parser() -> argparse.ArgumentParser:
 def run(args, report: Report, tmp: Path) -> None:
     """Dispatch one subcommand."""
     zoo = getattr(args, "zoo", None) or export_zoo.default_dir()
-    if args.what in ("scaling", "prune", "analyze"):
+    if args.what in ("scaling", "prune", "analyze", "decoder"):
         report.say(f"process times: wall seconds of a fresh child, start-up included; peak MiB: its ru_maxrss, "
                    f"spawned from a small launcher (a `true` process reads {rss_floor():.1f} MiB)")
     if args.what == "scaling":
@@ -915,6 +971,8 @@ def run(args, report: Report, tmp: Path) -> None:
         bench_prune(report, zoo, args.models, args.repeat, args.share, args.seed, args.round, tmp)
     elif args.what == "analyze":
         bench_analyze(report, zoo, args.models, args.repeat, tmp)
+    elif args.what == "decoder":
+        bench_decoder(report, args.preset, args.model, args.repeat, tmp)
     elif args.what == "latency":
         with report.verbatim():
             bench_latency(zoo, [n for n in args.models.split(",") if n], args.variants, args.round, tmp)
