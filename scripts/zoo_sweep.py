@@ -166,9 +166,10 @@ def report(cases: list[dict], meta: dict) -> tuple[str, dict]:
     for c in cases:
         by_file.setdefault((c["model"], c["form"]), []).append(c)
     forms = sorted({c["form"] for c in cases})
+    ran = [cmd for cmd in COMMANDS if any(c["command"] == cmd for c in cases)]  # compare only with --plots
     per_form = {f: {cmd: _counts([c for c in cases if c["form"] == f and c["command"] == cmd])
-                    for cmd in COMMANDS} for f in forms}
-    totals = {cmd: _counts([c for c in cases if c["command"] == cmd]) for cmd in COMMANDS}
+                    for cmd in ran} for f in forms}
+    totals = {cmd: _counts([c for c in cases if c["command"] == cmd]) for cmd in ran}
     md = ["# Zoo sweep", "",
           f"`python scripts/zoo_sweep.py {meta['argv']}` — {meta['date']}, {meta['seconds']:.0f}s, "
           f"zoo `{meta['zoo']}`, seeds {meta['seeds']}, timeout {meta['timeout']}s.", "",
@@ -178,9 +179,9 @@ def report(cases: list[dict], meta: dict) -> tuple[str, dict]:
           "## Totals per form", "",
           "| form | command | " + " | ".join(CLASSES) + " |", "|---|---|" + "---|" * len(CLASSES)]
     for f in forms:
-        for cmd in COMMANDS:
+        for cmd in ran:
             md.append(f"| {f} | {cmd} | " + " | ".join(str(per_form[f][cmd][k]) for k in CLASSES) + " |")
-    for cmd in COMMANDS:
+    for cmd in ran:
         md.append(f"| **all** | {cmd} | " + " | ".join(str(totals[cmd][k]) for k in CLASSES) + " |")
     md += ["", "## Per model and form", "", "| model | form | analyze | groups | prune (per seed) | first failure |",
            "|---|---|---|---|---|---|"]
