@@ -13,6 +13,7 @@ from .costs import CostModel, cost_model, kv_cache
 from .graph import Graph, load
 from .profiles import Profile, load_profile
 from . import units
+from .errors import BadInput
 from .tables import SCHEMA_VERSION, TOP, Column, Table
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -117,6 +118,7 @@ class Comparison:
             for i, side in enumerate(self.sides[1:], 1):
                 other = {k: lat[i][k].get(c.name) for k in keys}
                 row[f"model{i}"] = {"latency_s": {k: (v[0] if v else 0.0) for k, v in other.items()},
+                                    "bound": {k: (v[1] if v else None) for k, v in other.items()},
                                     "speedup": {k: _ratio(row["latency_s"][k], v[0] if v else 0.0)
                                                 for k, v in other.items()},
                                     "present": other[keys[0]] is not None}
@@ -374,7 +376,14 @@ def compare(models: Sequence[str | os.PathLike | onnx.ModelProto], profiles: Seq
         [(models[0], label, {**(dims or {}), **d}) for label, d in at]
     sides = []
     for m, label, d in runs:
-        g = load(m, batch=batch, input_shapes=input_shapes, dims=d)
+        try:
+            g = load(m, batch=batch, input_shapes=input_shapes, dims=d)
+            costs = cost_model(g)
+        except BadInput as e:
+            if not label:
+                raise
+            text = str(e).removeprefix("--dim ").replace("--dim ", f"--at {label}:...,")
+            raise BadInput(f"--at {label}: {text}") from None
         path = str(m) if not isinstance(m, onnx.ModelProto) else "model"
-        sides.append(Side(path, g, cost_model(g), layers(g), label))
+        sides.append(Side(path, g, costs, layers(g), label))
     return Comparison(sides, profs)

@@ -145,3 +145,20 @@ def test_a_pruned_decoder_keeps_its_symbolic_dims(decoder, tmp_path, capsys):
     g_groups = morphonnx.find_groups(g)
     result = prune(g_groups, legalize(g_groups, masks_from_sources(g_groups, json.loads(masks.read_text())["masks"])))
     assert check(g, result.oracle, str(out)).ok
+
+
+def test_at_settings_name_themselves_in_errors_and_carry_bounds(decoder, tmp_path, capsys):
+    kind, cfg, path = decoder
+    assert main(["compare", str(path), "--at", "a:sequence_length=8", "--at", "b:sequence_length=1",
+                 "--profile", "v100"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("morphonnx: error: --at a: ") and "--at a:...,past_sequence_length=N" in err
+    assert main(["compare", str(path), "--at", "a:sequence_length=8,past_seq=3", "--at",
+                 "b:sequence_length=1,past_sequence_length=3", "--profile", "v100"]) == 2
+    assert capsys.readouterr().err.startswith("morphonnx: error: --at a: past_seq: the model's inputs have no")
+    out = tmp_path / "c.json"
+    assert main(["compare", str(path), "--at", "p:sequence_length=8,past_sequence_length=0", "--at",
+                 "d:sequence_length=1,past_sequence_length=7", "--profile", "v100", "--json", str(out)]) == 0
+    ops = json.loads(out.read_text())["ops"]
+    assert all(o["model1"]["bound"]["v100"] in ("memory", "compute", "overhead", "none", None) for o in ops)
+    assert any(o["model1"]["bound"]["v100"] == "memory" for o in ops)
