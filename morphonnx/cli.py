@@ -467,12 +467,14 @@ def _expand(args: argparse.Namespace, out: Outputs) -> int:
     if args.json:
         out.text(args.json, json.dumps(doc, indent=1))
     if args.output:
-        model, why = (grower.model(e.widths), None) if args.batch else dynamic_batch(graph, grower.model(e.widths))
+        grown = grower.model(e.widths)
         if args.dim:
             from .symbolic import generalize
-            general, why = generalize(graph, grower.model(e.widths))
+            general, why = generalize(graph, grown)
             model, why = (general, None) if general is not None else \
-                (model, f"the expanded model keeps the --dim values ({why})")
+                (grown, f"the expanded model keeps the --dim values ({why})")
+        else:
+            model, why = (grown, None) if args.batch else dynamic_batch(graph, grown)
         if why:
             print(f"warning: {why}", file=sys.stderr)
         staged = out.model(args.output, model, external=bool(graph.external_files()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import onnx
@@ -95,6 +95,7 @@ class Comparison:
 
     sides: list[Side]
     profiles: list[Profile]
+    _doc: dict | None = field(default=None, repr=False, compare=False)  # to_dict, built once
 
     def labels(self) -> list[str]:
         """A short name per model: its file name (the path where two file names are equal)."""
@@ -102,7 +103,12 @@ class Comparison:
         return [n if names.count(n) == 1 or s.label else s.path for n, s in zip(names, self.sides)]
 
     def to_dict(self) -> dict:
-        """The JSON document of `morphonnx compare`."""
+        """The JSON document of `morphonnx compare` (built once: the tables and the summary read it too)."""
+        if self._doc is None:
+            self._doc = self._document()
+        return self._doc
+
+    def _document(self) -> dict:
         ref, keys = self.sides[0], [p.key for p in self.profiles]
         lat = [{p.key: s.latency(p) for p in self.profiles} for s in self.sides]
         names = self.layer_names()

@@ -616,6 +616,25 @@ def _measure_shapes(model: onnx.ModelProto, weights: Mapping[str, TensorProto], 
     return bool(names)
 
 
+def ancestor_nodes(nodes: Sequence[onnx.NodeProto], tensors: Iterable[str], stop: Iterable[str] = ()) -> list[int]:
+    """Indices (in order) of the nodes that `tensors` depend on, walking back from them and
+    not past the tensors in `stop`."""
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    stop = set(stop)
+    need: set[int] = set()
+    stack, seen = list(tensors), set()
+    while stack:
+        t = stack.pop()
+        if t in seen or t in stop or t not in producer:
+            continue
+        seen.add(t)
+        k = producer[t]
+        if k not in need:
+            need.add(k)
+            stack.extend(i for i in nodes[k].input if i)
+    return sorted(need)
+
+
 def _ancestors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     """A copy of the model with only the nodes that `tensors` depend on (the whole model when a
     node holds a subgraph, whose outer names the walk would not see)."""
@@ -624,22 +643,11 @@ def _ancestors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProt
         m = onnx.ModelProto()
         m.CopyFrom(model)
         return m
-    producer = {o: k for k, n in enumerate(g.node) for o in n.output if o}
-    need: set[int] = set()
-    stack, seen = list(tensors), set()
-    while stack:
-        t = stack.pop()
-        if t in seen or t not in producer:
-            continue
-        seen.add(t)
-        k = producer[t]
-        if k not in need:
-            need.add(k)
-            stack.extend(i for i in g.node[k].input if i)
+    need = ancestor_nodes(g.node, tensors)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.node[:]
-    m.graph.node.extend(g.node[k] for k in sorted(need))
+    m.graph.node.extend(g.node[k] for k in need)
     used = {i for k in need for i in g.node[k].input}
     keep = [t for t in m.graph.initializer if t.name in used]
     del m.graph.initializer[:]

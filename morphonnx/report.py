@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import onnx
@@ -27,13 +27,19 @@ class Analysis:
     batch: int | None
     costs: CostModel
     profiles: list[Profile]
+    _doc: dict | None = field(default=None, repr=False, compare=False)  # to_dict, built once
 
     def op_latency(self) -> list[dict[str, tuple[float, str]]]:
         """Per op, profile key → (seconds, bound)."""
         return [{p.key: p.latency(c) for p in self.profiles} for c in self.costs.ops]
 
     def to_dict(self) -> dict:
-        """The JSON document of the report."""
+        """The JSON document of the report (built once: the tables and the summary read it too)."""
+        if self._doc is None:
+            self._doc = self._document()
+        return self._doc
+
+    def _document(self) -> dict:
         ops, lat = self.costs.ops, self.op_latency()
         costed = [i for i, c in enumerate(ops) if c.costed]
         g = self.costs.graph

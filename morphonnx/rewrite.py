@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .absorb import BIAS_INPUT, Fold, compute_folds
-from .costs import FOLDED_MAP, cost_model, parameters
+from .costs import FOLDED_MAP, cost_model, exporter_zero_bias
 from .graph import Graph
 from .groups import Groups
 from .masks import Masks
@@ -341,11 +341,10 @@ def drop_zero_biases(graph: Graph, model: onnx.ModelProto) -> None:
     for n in model.graph.node:
         if n.op_type not in ("Conv", "ConvTranspose") or len(n.input) < 3 or n.name not in graph.nodes:
             continue
-        was = graph.nodes[n.name].input
-        if len(was) < 3 or not was[2] or not graph.is_constant(was[2]) or was[2] in graph.stored \
-                or parameters(graph, was[2]):
+        was = graph.nodes[n.name]
+        if len(was.input) < 3 or not was.input[2] or not exporter_zero_bias(graph, was, 2):
             continue
-        t = inits.get(n.input[2])
+        t = inits.get(n.input[2])  # still all zero in the pruned model (a fold may have filled it)
         if t is not None and not t.external_data and not numpy_helper.to_array(t).any():
             dropped.add(n.input[2])
             del n.input[2]

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import Graph, read_model
+from .graph import Graph, ancestor_nodes, read_model
 
 
 def generalize(graph: Graph, pruned: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
@@ -39,7 +39,8 @@ def generalize(graph: Graph, pruned: onnx.ModelProto) -> tuple[onnx.ModelProto |
             continue
         if np.array_equal(numpy_helper.to_array(t), graph.array(name)):  # folded, not changed by the rewrite
             recompute.append(name)
-    nodes, needed = _ancestors(producer, recompute, made)
+    nodes = [_copy(g.node[k]) for k in ancestor_nodes(g.node, recompute, stop=made)]
+    needed = {i for n in nodes for i in n.input if i}
     file_inits = {t.name: t for t in g.initializer}
     extra = []
     for name in needed:
@@ -63,32 +64,10 @@ def generalize(graph: Graph, pruned: onnx.ModelProto) -> tuple[onnx.ModelProto |
     return m, ""
 
 
-def _ancestors(producer: dict, tensors: list[str], made: set[str]) -> tuple[list, set[str]]:
-    """The file's nodes that compute `tensors` (stopping at tensors the pruned model makes), in
-    file order, and every tensor they read."""
-    seen_nodes: dict[int, onnx.NodeProto] = {}
-    reads: set[str] = set()
-    stack = list(tensors)
-    done: set[str] = set()
-    while stack:
-        t = stack.pop()
-        if t in done or t in made or t not in producer:
-            continue
-        done.add(t)
-        n = producer[t]
-        if id(n) not in seen_nodes:
-            seen_nodes[id(n)] = n
-            for i in n.input:
-                if i:
-                    reads.add(i)
-                    stack.append(i)
-    order = {id(n): k for k, n in enumerate(producer.values())}
-    copies = []
-    for n in sorted(seen_nodes.values(), key=lambda n: order.get(id(n), 0)):
-        c = onnx.NodeProto()
-        c.CopyFrom(n)
-        copies.append(c)
-    return copies, reads
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    return out
 
 
 def _toposort(graph: onnx.GraphProto) -> None:

@@ -172,7 +172,7 @@ def parameters(graph: Graph, name: str) -> list[str]:
     return [p for p in graph.parameters_of(name) if _is_parameter(graph, p)]
 
 
-def _exporter_zero_bias(graph: Graph, node: onnx.NodeProto, i: int) -> bool:
+def exporter_zero_bias(graph: Graph, node: onnx.NodeProto, i: int) -> bool:
     """The bias of a Conv/ConvTranspose that an exporter computes as zeros from no parameter (an
     Expand of a scalar for `bias=False`): nothing is read, nothing counted (a prune drops it)."""
     if i != 2 or node.op_type not in ("Conv", "ConvTranspose") or node.input[2] in graph.stored:
@@ -205,7 +205,7 @@ def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
             continue
         where = f"input {i} of {node.op_type} '{node.name}'"
         if graph.is_constant(t):
-            if _exporter_zero_bias(graph, node, i):
+            if exporter_zero_bias(graph, node, i):
                 continue
             if work.moves and work.constant_reads:
                 cost.weight_bytes += ctx.tensor_bytes(t, where)
