@@ -226,7 +226,7 @@ def compute_folds(groups: Groups, masks: Masks, m: Morph, seeds: tuple[int, int]
     sess = oracle.session(tensors)
     if {t for _, _, t in points} <= independent_when_silenced(groups):
         seeds = seeds[:1]  # one run says it all
-    runs = [dict(zip(tensors, oracle.run(sess, random_inputs(graph, s), tensors))) for s in seeds]
+    runs = [dict(zip(tensors, r)) for r in oracle.run(sess, [random_inputs(graph, s) for s in seeds], tensors)]
     values = {t: runs[0][t] for t in m.boundaries}
     tensors = sorted({t for _, _, t in points})
     at: dict[str, list[tuple[str, int]]] = {}  # tensor → the consumers that read it

@@ -216,20 +216,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
         _claim_tables(out, args)
         out.claim(args.masks_out)
         graph, groups = _groups(args, out)
-        result = prune(groups, _masks(args, groups))
+        result = prune(groups, _masks(args, groups), workdir=os.path.dirname(os.path.realpath(args.output)),
+                       stream=True)
         for w in result.masks.warnings + result.notes:
             print(f"warning: {w}", file=sys.stderr)
         say = _say(args)
         general = _symbolic(args, graph, groups, result) if args.dim else None
-        written = summarize(graph, general if general is not None else result.model, **_load_kw(args))
+        written = summarize(graph, general if general is not None else result.model, result.base_dir,
+                            **_load_kw(args))
         summary = _prune_report(graph, groups, result, written, args, say)
         if general is not None:
             model, why = general, None
         else:
-            model, why = (result.model, None) if args.batch else dynamic_batch(graph, result.model)
+            model, why = (result.model, None) if args.batch else dynamic_batch(graph, result.model, result.base_dir)
         if why:
             print(f"warning: {why}", file=sys.stderr)
-        staged = out.model(args.output, model, external=bool(graph.external_files()))
+        staged = out.model(args.output, model, external=bool(graph.external_files()), base_dir=result.base_dir, move=True)
         symbolic, model, general, result.model = general is not None, None, None, None  # written: free it
         code = 0
         if not args.no_check:
@@ -266,15 +268,15 @@ def _written_costs(args: argparse.Namespace, graph, result) -> dict:
     """summarize() of the model `prune` would write (with its symbolic dims back under --dim)."""
     from .rewrite import summarize
     from .symbolic import generalize
-    general = generalize(graph, result.model)[0] if args.dim else None
-    return summarize(graph, general if general is not None else result.model, **_load_kw(args))
+    general = generalize(graph, result.model, result.base_dir)[0] if args.dim else None
+    return summarize(graph, general if general is not None else result.model, result.base_dir, **_load_kw(args))
 
 
 def _symbolic(args: argparse.Namespace, graph, groups, result):
     """The pruned model with the file's symbolic dimensions back (`symbolic.generalize`), or
     None with a warning when it cannot be written so (the model keeps the --dim values)."""
     from .symbolic import generalize
-    model, why = generalize(graph, result.model)
+    model, why = generalize(graph, result.model, result.base_dir)
     if model is None:
         print(f"warning: the pruned model keeps the --dim values ({why})", file=sys.stderr)
     return model
@@ -443,8 +445,10 @@ def _expand(args: argparse.Namespace, out: Outputs) -> int:
     profile = load_profile(args.profile) if args.profile else None
     if args.resource == "latency" and profile is None:
         raise BadInput("expand: --resource latency needs --profile")
+    workdir = os.path.dirname(os.path.realpath(args.output)) if args.output else None
     e, grower, doc = expand_structure(graph, groups, masks, args.resource, args.budget, profile, args.round_to,
-                                      need_model=bool(args.output))
+                                      need_model=bool(args.output), workdir=workdir,
+                                      stream=True if args.output else None)
     fmt = lambda v: units.resource(v, args.resource)
     how = "of the grown model, as analyze counts it" if e.measured else \
         f"estimated: the grown model cannot be built ({grower.reason})"
@@ -470,14 +474,15 @@ def _expand(args: argparse.Namespace, out: Outputs) -> int:
         grown = grower.model(e.widths)
         if args.dim:
             from .symbolic import generalize
-            general, why = generalize(graph, grown)
+            general, why = generalize(graph, grown, grower.base_dir)
             model, why = (general, None) if general is not None else \
                 (grown, f"the expanded model keeps the --dim values ({why})")
         else:
-            model, why = (grown, None) if args.batch else dynamic_batch(graph, grown)
+            model, why = (grown, None) if args.batch else dynamic_batch(graph, grown, grower.base_dir)
         if why:
             print(f"warning: {why}", file=sys.stderr)
-        staged = out.model(args.output, model, external=bool(graph.external_files()))
+        staged = out.model(args.output, model, external=bool(graph.external_files()), base_dir=grower.base_dir,
+                           move=True)
         c = check_runs(graph, staged)
         c.file = args.output
         say(c.describe())

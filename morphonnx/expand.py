@@ -218,19 +218,25 @@ def original_groups(original: Groups, pruned: Groups, masks: Masks) -> dict[int,
     return out
 
 
+class _Owner:
+    """Holds a grown model's data folder: the folder goes with it."""
+
+
 class Grower:
     """Grown models of a pruned structure at widths of the original groups, and their cost as
     `analyze` counts it; `reason` says why this structure cannot be grown (then `cost` is None)."""
 
-    def __init__(self, groups: Groups, result, resource: str, profile=None):
+    def __init__(self, groups: Groups, result, resource: str, profile=None, workdir=None):
         from .graph import load
         from .groups import find_groups
         self.groups, self.result, self.resource, self.profile = groups, result, resource, profile
-        self.last: tuple[bytes, object] | None = None
+        self.workdir = workdir  # where grown models' data files go (beside the output: one move)
+        self.stream = result.base_dir is not None  # the shrunk model streamed: so do the grown ones
+        self.last: tuple | None = None
         self.costs: dict[bytes, float] = {}
         self.reason: str | None = None
         try:
-            self.pruned = find_groups(load(result.model))
+            self.pruned = find_groups(load(result.model, base_dir=result.base_dir))
         except BadInput as e:
             self.reason = f"expand -o: the channel groups of the shrunk model cannot be read ({e})"
             return
@@ -250,12 +256,23 @@ class Grower:
         return step
 
     def model(self, widths: np.ndarray):
-        """The grown ONNX model at these widths (the last one is kept)."""
+        """The grown ONNX model at these widths (the last one is kept; a model with external
+        data refers to a data file in `base_dir`, there while it is the last)."""
         from .grow import grow
+        from .rewrite import weights_folder
         key = np.asarray(widths).tobytes()
         if self.last is None or self.last[0] != key:
-            self.last = (key, grow(self.pruned, carry_widths(self.groups, self.pruned, self.result.masks, widths)))
+            self.last = None  # its data folder goes first
+            owner = _Owner()
+            folder = weights_folder(self.pruned.graph, owner, self.workdir, self.stream)
+            model = grow(self.pruned, carry_widths(self.groups, self.pruned, self.result.masks, widths), folder)
+            self.last = (key, model, folder, owner)
         return self.last[1]
+
+    @property
+    def base_dir(self):
+        """Where the last grown model's external data lies (None: in the model)."""
+        return self.last[2] if self.last is not None else None
 
     def cost(self, widths: np.ndarray) -> float:
         """The resource of the grown model, from its own cost model (what `analyze` reports)."""
@@ -263,25 +280,29 @@ class Grower:
         from .graph import load
         key = np.asarray(widths).tobytes()
         if key not in self.costs:
-            self.costs[key] = cost_model(load(self.model(widths))).resource(self.resource, self.profile)
+            model = self.model(widths)
+            self.costs[key] = cost_model(load(model, base_dir=self.base_dir)).resource(self.resource, self.profile)
         return self.costs[key]
 
 
 def expand_structure(graph, groups: Groups, masks: Masks, resource: str, budget_spec: str, profile=None,
-                     multiple: int = 1, need_model: bool = False) -> tuple[Expansion, Grower, dict]:
+                     multiple: int = 1, need_model: bool = False, workdir=None, stream: bool | None = None
+                     ) -> tuple[Expansion, Grower, dict]:
     """MorphNet's expand step on a shrunk structure: the widths at the budget (`parse_budget` of
     the original's cost), measured on the grown model where it can be built (`fit`), else the
     program's estimate (`search`); with `need_model`, BadInput where it cannot be built.
-    Returns the expansion, the grower (`.model(widths)`) and the JSON document of `expand`."""
+    Returns the expansion, the grower (`.model(widths)`) and the JSON document of `expand`.
+    `workdir`, `stream`: where and whether the weights of a model with external data are
+    streamed (`rewrite.prune`)."""
     from .costs import cost_model
     from .penalty import compile_program
     from .rewrite import prune
     original = cost_model(graph).resource(resource, profile)
     budget = parse_budget(budget_spec, original)
     program = compile_program(groups, resource, profile)
-    result = prune(groups, masks)  # dead layers and pinned groups as the rewrite sees them
+    result = prune(groups, masks, workdir=workdir, stream=stream)  # dead layers and pinned groups as the rewrite sees them
     base = alive_widths(groups, result.masks)
-    grower = Grower(groups, result, resource, profile)
+    grower = Grower(groups, result, resource, profile, workdir)
     if grower.reason and need_model:
         raise BadInput(grower.reason)
     from .units import resource as fmt

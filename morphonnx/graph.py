@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BadInput
 from .validate import MAX_DIM, check_dim, topological_order, validate_model
+from .weights import MAP_BYTES, map_external
 from .fold import Folded, constant_value, constants_to_initializers, fold_constants
 
 Dim = int | str | None  # a static size, a symbolic name, or unknown
@@ -142,12 +143,17 @@ class Graph:
         return name in self.initializers or name in self.constants
 
     def array(self, name: str) -> np.ndarray:
-        """The value of an initializer or Constant output, loading external data on first use."""
+        """The value of an initializer or Constant output, loading external data on first use
+        (a large external tensor is a read-only memory map of its file, mapped at each call)."""
         if name not in self._arrays:
             proto = self.initializers.get(name) or self.constants.get(name)
             if proto is None:
                 raise KeyError(f"{name} is not a constant tensor")
             base = str(self.base_dir) if self.base_dir is not None else None
+            if base and proto.data_location == TensorProto.EXTERNAL:
+                mapped = map_external(proto, base)
+                if mapped is not None and mapped.nbytes >= MAP_BYTES:
+                    return mapped  # not kept: its pages leave memory with the last view of it
             self._arrays[name] = numpy_helper.to_array(proto, base) if base else numpy_helper.to_array(proto)
         return self._arrays[name]
 
@@ -235,12 +241,14 @@ def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
 
 # ---- loading ---------------------------------------------------------------------------------
 
-def read_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None, Path | None]:
-    """Read a model without its external data; return (copy of the model, base dir, path)."""
+def read_model(source: str | os.PathLike | onnx.ModelProto, base_dir: str | os.PathLike | None = None
+               ) -> tuple[onnx.ModelProto, Path | None, Path | None]:
+    """Read a model without its external data; return (copy of the model, base dir, path).
+    `base_dir`: where a ModelProto's external data lies (a file's lies beside it)."""
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
-        return model, None, None
+        return model, Path(base_dir) if base_dir is not None else None, None
     path = Path(source)
     if not path.exists():
         raise BadInput(f"{path}: no such file")
@@ -441,7 +449,8 @@ def infer_shapes(model: onnx.ModelProto, where: object) -> onnx.ModelProto:
 
 
 def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = None,
-         input_shapes: Mapping[str, Sequence[int]] | None = None, dims: Mapping[str, int] | None = None) -> Graph:
+         input_shapes: Mapping[str, Sequence[int]] | None = None, dims: Mapping[str, int] | None = None,
+         base_dir: str | os.PathLike | None = None) -> Graph:
     """Load an ONNX model into a Graph.
 
     Named symbolic dimensions of the graph inputs take their value from `dims`
@@ -449,11 +458,11 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
     become `batch` (default 1); `input_shapes` fixes whole inputs; other symbolic dimensions
     stay symbolic. `graph.dims` records every symbolic dimension found and the value it got.
     Local functions are inlined; external data is checked but read only when an initializer's
-    value is needed.
+    value is needed (a ModelProto's from `base_dir`).
     """
     if batch is not None:
         check_dim(batch, "--batch")
-    model, base_dir, path = read_model(source)
+    model, base_dir, path = read_model(source, base_dir)
     where = path or "model"
     validate_model(model, base_dir, where)
     check_external_data(model, base_dir, path)

@@ -1,6 +1,8 @@
 """Growth: the model with every group at new widths (MorphNet's expand step, written as ONNX)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
@@ -10,13 +12,14 @@ from .rewrite import Rewriter
 from .topology import Morph
 
 
-def grow(groups: Groups, widths: np.ndarray) -> onnx.ModelProto:
+def grow(groups: Groups, widths: np.ndarray, folder: Path | None = None) -> onnx.ModelProto:
     """The model with every group at `widths` channels: existing channels keep their weights
     (the first ones, when a group narrows), new ones are freshly initialized (MorphNet retrains
-    the expanded network from scratch; this model is for timing and inspection)."""
+    the expanded network from scratch; this model is for timing and inspection). With `folder`,
+    large weights are computed one at a time into a data file there, which the model refers to."""
     order = {g.id: widened(g.size, int(widths[g.id])) for g in groups.groups}
     kept = {t: idx for t in groups.plan.spaces for idx in [tensor_order(groups, t, order)] if idx is not None}
-    rw = Rewriter(groups, kept, Morph())
+    rw = Rewriter(groups, kept, Morph(), folder)
     rw.norm_values = None  # a new model, not a pruned one: its norms normalize over their new width
     rw.growing = True
     rw.slice_constants()

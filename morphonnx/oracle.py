@@ -8,8 +8,9 @@ which channels of which tensor die, random graph inputs, and onnxruntime session
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -75,13 +76,14 @@ class Oracle:
     """The original model with every removed channel of every source silenced (DESIGN.md).
 
     `model` is the loaded model (its small initializers in place); `weights` are the large
-    ones, fed to onnxruntime as inputs so that no session serializes them. `kept` and `spaces`
+    ones, fed to onnxruntime as inputs so that no session serializes them (made for each run,
+    not held: see `Weights`). `kept` and `spaces`
     say which channels of each tensor the pruned model keeps and where (axis, entries per
     channel), so that any tensor of the pruned model can be compared with the oracle's.
     """
 
     model: onnx.ModelProto
-    weights: dict[str, np.ndarray]
+    weights: Mapping[str, np.ndarray]  # `Weights`: made for each run
     kept: dict[str, np.ndarray] = field(default_factory=dict)
     spaces: dict[str, tuple[int, int]] = field(default_factory=dict)
     _session: tuple[frozenset, "ort.InferenceSession"] | None = field(default=None, repr=False)
@@ -103,9 +105,15 @@ class Oracle:
             self._session = (names, session(model, optimize=False))
         return self._session[1]
 
-    def run(self, sess: "ort.InferenceSession", feeds: dict[str, np.ndarray], outputs=None) -> list[np.ndarray]:
-        """Run with the graph inputs `feeds` (weights added)."""
-        return run(sess, {**feeds, **self.weights}, outputs)
+    def run(self, sess: "ort.InferenceSession", feeds: Sequence[dict[str, np.ndarray]], outputs=None
+            ) -> list[list[np.ndarray]]:
+        """Run once for each dict of graph inputs in `feeds` (the weights made once for all)."""
+        weights = dict(self.weights)
+        return [run(sess, {**f, **weights}, outputs) for f in feeds]
+
+    def close(self) -> None:
+        """Let the session go (a later call makes another)."""
+        self._session = None
 
     def to_model(self) -> onnx.ModelProto:
         """A self-contained ModelProto of the oracle."""
@@ -119,19 +127,62 @@ class Oracle:
         return m
 
 
+class Weights(Mapping):
+    """The weights an oracle feeds as inputs, made when a run asks for them: a stored weight is
+    read (a memory map of external data), a silenced one copied with its edits applied. Nothing
+    is held between runs, so a model over memory costs one copy of its weights while it runs."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.sources: dict[str, str | np.ndarray] = {}  # name → the graph's constant, or a value
+        self.edits: dict[str, list[Callable[[np.ndarray], None]]] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        src = self.sources[name]
+        value = self.graph.array(src) if isinstance(src, str) else src
+        edits = self.edits.get(name)
+        if edits:
+            value = np.array(value)
+            for edit in edits:
+                edit(value)
+        return value
+
+    def __iter__(self):
+        return iter(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+def _zero_along(axis: int, dead: np.ndarray, fill) -> Callable[[np.ndarray], None]:
+    def edit(v: np.ndarray) -> None:
+        index = [slice(None)] * v.ndim
+        index[axis] = dead
+        v[tuple(index)] = fill
+    return edit
+
+
 def oracle_model(groups: Groups, masks: Masks, removed: dict[str, np.ndarray] | None = None) -> Oracle:
     """Build the oracle of these masks (`removed`: their `removed_by_tensor`, if already known)."""
     graph, plan = groups.graph, groups.plan
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
     in_model = {t.name: t for t in model.graph.initializer}
-    weights = {n: graph.array(n) for n in graph.initializers if n not in in_model and n in graph.consumers}
+    weights = Weights(graph)
+    weights.sources = {n: n for n in graph.initializers if n not in in_model and n in graph.consumers}
     unused = {n for n in graph.initializers if n not in in_model and n not in graph.consumers}
     inputs = [i for i in model.graph.input if i.name not in unused]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
     removed = removed_by_tensor(groups, masks) if removed is None else removed
-    values: dict[tuple[str, int], np.ndarray] = {}
+    sources: dict[tuple[str, int], str | np.ndarray] = {}  # (node, input) → what it reads, before edits
+    edits: dict[tuple[str, int], list] = {}
+
+    def edit(key: tuple[str, int], change) -> None:
+        if key not in sources:
+            sources[key] = graph.nodes[key[0]].input[key[1]]
+        edits.setdefault(key, []).append(change)
+
     for s in plan.sources:
         dead = removed.get(s.tensor)
         if dead is None or (s.kind == "weight" and own_bn(graph, s.tensor) is not None):
@@ -145,27 +196,20 @@ def oracle_model(groups: Groups, masks: Masks, removed: dict[str, np.ndarray] | 
             wanted.append(Slicing(bias[1], plan.slicings[bias[0]][0].axis, s.tensor, node=bias[0]))
         shift = masks.silenced.get(s.node)
         for sl in wanted:
-            key = (sl.node or s.node, sl.input)
-            node = graph.nodes[key[0]]
-            if key not in values:
-                values[key] = graph.array(node.input[sl.input]).copy()
-            index = [slice(None)] * values[key].ndim
-            index[sl.axis] = dead
             is_bias = sl.input == 2 or sl.node is not None
-            values[key][tuple(index)] = shift[dead] if shift is not None and is_bias else 0
+            fill = shift[dead] if shift is not None and is_bias else 0
+            edit((sl.node or s.node, sl.input), _zero_along(sl.axis, dead, fill))
         if shift is not None and s.op_type in ("Conv", "Gemm") and not (len(node.input) > 2 and node.input[2]):
             bias = np.zeros(plan.spaces[s.tensor].size, dtype=graph.info(s.tensor).dtype or np.float32)
             bias[dead] = shift[dead]
-            values[(s.node, 2)] = bias  # the silenced channel outputs its shift: give the op a bias
+            sources[(s.node, 2)] = bias  # the silenced channel outputs its shift: give the op a bias
     for sl in plan.silenced:  # a stream norm's scale and bias: 0 at removed channels
         dead = removed.get(sl.tensor)
         if dead is not None:
-            key = (sl.node, sl.input)
-            if key not in values:
-                values[key] = graph.array(graph.nodes[sl.node].input[sl.input]).copy()
-            np.moveaxis(values[key], sl.axis, 0)[dead] = 0
+            edit((sl.node, sl.input), _zero_along(sl.axis, dead, 0))
     nodes = {n.name: n for n in model.graph.node}
-    for (node_name, i), value in values.items():
+    for key, src in sources.items():
+        node_name, i = key
         node = nodes[node_name]
         if i >= len(node.input) or not node.input[i]:
             while len(node.input) <= i:
@@ -176,11 +220,16 @@ def oracle_model(groups: Groups, masks: Masks, removed: dict[str, np.ndarray] | 
             name = node.input[i] = f"{name}.oracle.{node_name}"
         if name in in_model:
             t = in_model[name]
+            value = np.array(graph.array(src) if isinstance(src, str) else src)
+            for change in edits.get(key, []):
+                change(value)
             t.CopyFrom(numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(t.data_type)), name))
-        elif name in weights:
-            weights[name] = value
-        else:
-            weights[name] = value
+            continue
+        new = name not in weights.sources
+        weights.sources[name] = src
+        weights.edits[name] = edits.get(key, [])
+        if new:
+            value = graph.array(src) if isinstance(src, str) else src  # a map: only its shape is read
             model.graph.input.append(helper.make_tensor_value_info(
                 name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape))
     spaces = {t: (plan.spaces[t].axis, plan.spaces[t].block) for t in removed}
@@ -224,14 +273,26 @@ def _index_bound(graph: Graph, name: str) -> int:
     return 2
 
 
-def session(model: onnx.ModelProto | str | os.PathLike, optimize: bool = True) -> ort.InferenceSession:
-    """An onnxruntime CPU session of a model or a model file (all graph optimizations on by default)."""
+def session(model: onnx.ModelProto | str | os.PathLike, optimize: bool = True,
+            base_dir: str | os.PathLike | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session of a model or a model file (all graph optimizations on by
+    default). A ModelProto with external data opens from a file written in `base_dir`, where
+    its data lies (onnxruntime finds external data beside the model file only)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    if not isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(os.fspath(model), opts, providers=["CPUExecutionProvider"])
+    if base_dir is None:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    fd, file = tempfile.mkstemp(suffix=".onnx", dir=base_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(model.SerializeToString())
+        return ort.InferenceSession(file, opts, providers=["CPUExecutionProvider"])
+    finally:
+        os.unlink(file)
 
 
 def run(sess: "ort.InferenceSession", feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:

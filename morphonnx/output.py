@@ -26,8 +26,6 @@ from typing import Callable, Iterable
 
 from .errors import BadInput
 
-INLINE_BYTES = 1024      # tensors smaller than this stay inside the model file
-ALIGN = 64               # offsets of tensors in an external data file
 PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialize 2 GiB: bigger models always use external data
 
 
@@ -213,13 +211,16 @@ class Outputs:
             raise
         self._stage_file(target, tmp)
 
-    def model(self, path: str | os.PathLike, model, external: bool = False) -> Path:
+    def model(self, path: str | os.PathLike, model, external: bool = False,
+              base_dir: str | os.PathLike | None = None, move: bool = False) -> Path:
         """Stage an ONNX model; return the staged model file, which reads exactly as the target
-        will (its external data file, if any, beside it under its final name)."""
+        will (its external data file, if any, beside it under its final name). Tensors of
+        `model` stored as external data in files under `base_dir` are copied to that file
+        (`move`: the one file they are in is moved there; `model` is not to be used after)."""
         name = Path(os.path.realpath(os.fspath(path))).name
         data_name = name + ".data"
         target = self._claim(path, stdout=False, companions=[data_name])
-        external = external or _tensor_bytes(model) > PROTO_LIMIT
+        external = external or _tensor_bytes(model) > PROTO_LIMIT or (base_dir is not None and _has_external(model))
         if target.kind == "stream":
             if external:
                 raise BadInput(f"{target.path}: a model with external data cannot be written to a device or FIFO")
@@ -228,7 +229,7 @@ class Outputs:
             folder = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.real.parent))
         try:
             staged = folder / name
-            write_model(model, staged, data_name if external else None)
+            write_model(model, staged, data_name if external else None, base_dir, move)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -352,31 +353,54 @@ def _tensor_bytes(model) -> int:
 
 
 def _goes_external(t) -> bool:
-    """Large float/quantized weights go to the data file; shape and index data (int32/int64)
-    stay inline since runtimes read it while building the graph, before external data."""
+    from .weights import goes_external
+    return goes_external(_nbytes(t), t.data_type)
+
+
+def _has_external(model) -> bool:
     from onnx import TensorProto
-    return _nbytes(t) >= INLINE_BYTES and t.data_type not in (TensorProto.INT64, TensorProto.INT32)
+    return any(t.data_location == TensorProto.EXTERNAL for t in _tensors(model.graph))
 
 
-def write_model(model, path: str | os.PathLike, data_name: str | None = None) -> None:
+def write_model(model, path: str | os.PathLike, data_name: str | None = None,
+                base_dir: str | os.PathLike | None = None, move: bool = False) -> None:
     """Write `model` to `path`; with `data_name`, large tensors go to that file beside it (a
-    relative location), small ones and shape data stay inline. `model` is left as it was."""
+    relative location), small ones and shape data stay inline. Tensors of `model` that are
+    external data already (in files under `base_dir`) are copied there in chunks, never read
+    whole; with `move`, a single such file is moved instead (it leaves `base_dir`). `model` is
+    left as it was."""
     from onnx import TensorProto, numpy_helper
+    from .weights import ALIGN, copy_external, external_info
     path = Path(path)
     if data_name is None:
         if model.ByteSize() > PROTO_LIMIT:
             raise BadInput(f"{path.name}: the model is over 2 GiB; it needs external data")
         path.write_bytes(model.SerializeToString())
         return
+    external = [t for t in _tensors(model.graph) if t.data_location == TensorProto.EXTERNAL]
+    files = {external_info(t).get("location") for t in external}
+    moved = None
+    if move and base_dir is not None and len(files) == 1:
+        moved = files.pop()
+        _move(Path(base_dir) / moved, path.parent / data_name)
     swapped = []
     try:
-        with open(path.parent / data_name, "wb") as fh:
+        with open(path.parent / data_name, "ab" if moved else "wb") as fh:
             for t in _tensors(model.graph):
-                if t.data_location == TensorProto.EXTERNAL or not _goes_external(t):
+                if t.data_location == TensorProto.EXTERNAL:
+                    if base_dir is None:
+                        continue
+                    swapped.append((t, None, TensorProto()))
+                    swapped[-1][2].CopyFrom(t)
+                    if moved:
+                        next(e for e in t.external_data if e.key == "location").value = data_name
+                    else:
+                        copy_external(t, Path(base_dir), fh, data_name)
+                    continue
+                if not _goes_external(t):
                     continue
                 raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
-                offset = -fh.tell() % ALIGN
-                fh.write(b"\0" * offset)
+                fh.write(b"\0" * (-fh.tell() % ALIGN))
                 offset = fh.tell()
                 fh.write(raw)
                 swapped.append((t, raw, TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)))
@@ -387,6 +411,16 @@ def write_model(model, path: str | os.PathLike, data_name: str | None = None) ->
                     e.key, e.value = k, v
         path.write_bytes(model.SerializeToString())
     finally:
-        for t, raw, bare in swapped:
-            t.CopyFrom(bare)
-            t.raw_data = raw
+        for t, raw, before in swapped:
+            t.CopyFrom(before)
+            if raw is not None:
+                t.raw_data = raw
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename a file; across file systems, copy it and remove the source."""
+    try:
+        os.replace(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+        src.unlink()

@@ -10,9 +10,16 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 from .absorb import BIAS_INPUT, Fold, compute_folds
 from .costs import FOLDED_MAP, cost_model, exporter_zero_bias
@@ -21,6 +28,7 @@ from .groups import Groups
 from .masks import Masks
 from .oracle import Oracle, expand_channels, kept_by_tensor, oracle_model, removed_by_tensor
 from .topology import Morph, compact, morph, revive_blocked
+from .weights import STREAM_BYTES, Deferred, external_bytes, stream_constants
 
 FOLDED_BIAS = ".folded_bias"
 
@@ -91,25 +99,39 @@ class RewriteContext:
         self.node.attrs[name] = value
 
 
-def _import_with_weights(graph: Graph) -> gs.Graph:
-    """The graph as an onnx-graphsurgeon Graph whose detached weights are Constants (no proto copies)."""
+def _import_with_weights(graph: Graph, defer: bool = False) -> gs.Graph:
+    """The graph as an onnx-graphsurgeon Graph whose detached weights are Constants (no proto
+    copies); with `defer`, large external ones are `Deferred`: read and changed only when written."""
     g = gs.import_onnx(graph.model)
     tensors = g.tensors()
     detached = {n for n in graph.initializers if n in tensors and isinstance(tensors[n], gs.Variable)}
     g.inputs = [t for t in g.inputs if t.name not in detached]
     for n in detached:
-        tensors[n].to_constant(graph.array(n))
+        t = graph.initializers[n]
+        if defer and t.data_location == onnx.TensorProto.EXTERNAL:
+            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+            tensors[n].to_constant(Deferred(n, lambda n=n: graph.array(n), t.dims, dtype))
+        else:
+            tensors[n].to_constant(graph.array(n))
     return g
 
 
+def _dtype_of(const: gs.Constant) -> np.dtype:
+    """A constant's element type, without loading a lazy one."""
+    v = const._values
+    return np.dtype(v.dtype) if isinstance(v, (np.ndarray, Deferred)) else np.asarray(const.values).dtype
+
+
 class Rewriter:
-    def __init__(self, groups: Groups, kept: dict[str, np.ndarray], m: Morph):
+    def __init__(self, groups: Groups, kept: dict[str, np.ndarray], m: Morph, folder: Path | None = None):
         self.groups = groups
         self.plan = groups.plan
         self.kept = kept
         self.morph = m
         self.rng = np.random.default_rng(0)
-        self.gs_graph = _import_with_weights(groups.graph)
+        # with a folder: weights stream from the file's external data to a data file there
+        self.folder = folder
+        self.gs_graph = _import_with_weights(groups.graph, defer=folder is not None)
         self.nodes = {n.name: n for n in self.gs_graph.nodes}
         self._weights: dict[str, str] | None = None
         # LayerNorm → its removed channels' values (None when growing: norms stay plain)
@@ -118,7 +140,8 @@ class Rewriter:
 
     def set_const(self, node: gs.Node, i: int, value: np.ndarray) -> None:
         old = node.inputs[i]
-        value = np.ascontiguousarray(value, dtype=np.asarray(old.values).dtype)
+        if not isinstance(value, Deferred):
+            value = np.ascontiguousarray(value, dtype=_dtype_of(old))
         # shared with another node, or read at another input of this one (an exporter that reuses
         # a BN's scale as its running variance): the change goes to a private copy
         if any(user is not node for user in old.outputs) or sum(t is old for t in node.inputs) > 1:
@@ -136,11 +159,20 @@ class Rewriter:
                 if sl.tensor in self.kept and sl.input < len(node.inputs) and isinstance(node.inputs[sl.input], gs.Constant):
                     by_input.setdefault(sl.input, []).append(sl)
             for i, sls in by_input.items():
-                value = np.asarray(node.inputs[i].values)
+                value = node.inputs[i]._values
+                if not isinstance(value, Deferred):
+                    value = np.asarray(node.inputs[i].values)
                 for sl in sls:
                     idx = expand_channels(self.kept[sl.tensor], self.plan.spaces[sl.tensor].block)
-                    value = take_or_init(value, idx, sl.axis, self.rng)
+                    value = self._take(value, idx, sl.axis)
                 self.set_const(node, i, value)
+
+    def _take(self, value: np.ndarray | Deferred, idx: np.ndarray, axis: int) -> np.ndarray | Deferred:
+        if not isinstance(value, Deferred):
+            return take_or_init(value, idx, axis, self.rng)
+        shape = list(value.shape)
+        shape[axis] = len(idx)
+        return value.then(lambda v, rng=value.rng(): take_or_init(v, idx, axis, rng), shape)
 
     def run_hooks(self) -> None:
         for node_name, hook in self.plan.hooks.items():
@@ -254,6 +286,8 @@ class Rewriter:
             if isinstance(t, gs.Variable) and t.name not in inputs and t.name not in outputs:
                 t.shape = None
         g.cleanup().toposort()
+        if self.folder is not None:
+            stream_constants(g, self.folder)
         model = gs.export_onnx(g, do_type_check=False)
         model.ir_version = original.ir_version
         del model.opset_import[:]
@@ -277,11 +311,26 @@ class PruneResult:
     morphed: list[str] = field(default_factory=list)        # static branches replaced by constants
     removed_nodes: list[str] = field(default_factory=list)  # ops of the original that are gone
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (Concat, dead input) pairs
+    # where `model`'s external data lies (a model over memory: its weights were streamed there)
+    base_dir: Path | None = None
 
     def removed_layers(self) -> list[str]:
         """Removed ops that had weights (Conv, Gemm, MatMul, BatchNormalization)."""
         sources = {s.node for s in self.groups.plan.sources}
         return [n for n in self.removed_nodes if n in sources]
+
+    def check(self, seeds=(0, 1, 2), tolerance: float | None = None) -> "Check":
+        """`verify.check` of `model` against the oracle."""
+        from .verify import check
+        return check(self.groups.graph, self.oracle, self.model, seeds, tolerance, self.base_dir)
+
+    def save(self, path: str | os.PathLike, data_name: str | None = None) -> None:
+        """Write `model` to `path` (`output.write_model`); a model rewritten from external data
+        writes its weights to `data_name` (default: the file name + `.data`) beside it."""
+        from .output import write_model
+        if self.base_dir is not None and data_name is None:
+            data_name = Path(path).name + ".data"
+        write_model(self.model, path, data_name, self.base_dir)
 
     @property
     def oracle(self) -> Oracle:
@@ -291,9 +340,29 @@ class PruneResult:
         return self._oracle
 
 
-def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
+def weights_folder(graph: Graph, owner: object, workdir: str | os.PathLike | None = None,
+                   stream: bool | None = None) -> Path | None:
+    """A temporary folder (in `workdir`, default the system's) for the streamed weights of a
+    model with external data, removed with `owner`; None where the rewrite holds the weights
+    (`stream` False, no external data, or by default external data under STREAM_BYTES)."""
+    if stream is False or not graph.external_files():
+        return None
+    if stream is None and external_bytes(graph) < STREAM_BYTES:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix=".morphonnx.", dir=workdir))
+    weakref.finalize(owner, shutil.rmtree, folder, True)
+    return folder
+
+
+def prune(groups: Groups, masks: Masks, max_rounds: int = 8, workdir: str | os.PathLike | None = None,
+          stream: bool | None = None) -> PruneResult:
     """Rewrite the model with the masks (already legalized): cut channels, delete what only
-    computed dead ones, fold the constants removed channels leave behind."""
+    computed dead ones, fold the constants removed channels leave behind.
+
+    A model with external data (with `stream`; by default over STREAM_BYTES of it) is rewritten
+    weight by weight: `model` then refers to a data file in `base_dir`, a temporary folder in
+    `workdir` (where the model will be written, so that the file moves there), removed with the
+    result: write it with `save`, check it with `check`."""
     masks = masks.copy()
     revived: dict[int, int] = {}
     notes: list[str] = []
@@ -311,7 +380,8 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
             revived[gid] = revived.get(gid, 0) + len(chans)
     else:
         raise RuntimeError("the masks did not settle after several rounds of keeping what cannot be removed")
-    rw = Rewriter(groups, kept_by_tensor(groups, removed), m)
+    result = PruneResult(None, groups, masks)
+    rw = Rewriter(groups, kept_by_tensor(groups, removed), m, weights_folder(groups.graph, result, workdir, stream))
     rw.norm_values = {f.node: f.value for f in folds if f.raw}
     folds = [f for f in folds if not f.raw]
     rw.slice_constants()
@@ -323,7 +393,8 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8) -> PruneResult:
     drop_zero_biases(groups.graph, model)
     notes += [f"group {gid}: {n} removed channels kept: their silenced value depends on the input"
               for gid, n in revived.items()]
-    result = PruneResult(model, groups, masks, done, revived, notes, oracle)
+    result.model, result.folds, result.revived, result.notes, result._oracle = model, done, revived, notes, oracle
+    result.base_dir = rw.folder
     result.morphed = morphed
     left = {x.name for x in model.graph.node}
     result.removed_nodes = [n for n in groups.graph.nodes if n not in left]
@@ -363,15 +434,15 @@ def _all_nodes(graph: onnx.GraphProto):
                 yield from _all_nodes(g)
 
 
-def summarize(graph_before: Graph, pruned: onnx.ModelProto, **load_kw) -> dict:
+def summarize(graph_before: Graph, pruned: onnx.ModelProto, base_dir: Path | None = None, **load_kw) -> dict:
     """MACs, FLOPs and params before and after (the figures `analyze` gives for each file, the
-    pruned one loaded as the original was: `load_kw`), and the values of the bias maps folded in
+    pruned one loaded as the original was: `load_kw`; its external data in `base_dir`), and the values of the bias maps folded in
     for removed channels (counted in params)."""
     from .graph import load, symbolic_dims
     before = cost_model(graph_before)
     if load_kw.get("dims"):  # a model written at the --dim values has none of them left
         load_kw = {**load_kw, "dims": {k: v for k, v in load_kw["dims"].items() if k in symbolic_dims(pruned)}}
-    after = cost_model(load(pruned, **load_kw))
+    after = cost_model(load(pruned, base_dir=base_dir, **load_kw))
     return {"macs": [before.total("macs"), after.total("macs")], "flops": [before.total("flops"), after.total("flops")],
             "params": [before.params, after.params], "folded_constant_values": after.folded_values}
 

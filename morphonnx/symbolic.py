@@ -18,10 +18,10 @@ from onnx import numpy_helper
 from .graph import Graph, ancestor_nodes, read_model
 
 
-def generalize(graph: Graph, pruned: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
+def generalize(graph: Graph, pruned: onnx.ModelProto, base_dir=None) -> tuple[onnx.ModelProto | None, str]:
     """The pruned model computing its shapes as the file does, with the file's symbolic input
-    and output dimensions (`pruned` itself, changed in place); (None, why) where that cannot be
-    done (`pruned` unchanged)."""
+    and output dimensions (`pruned` itself, changed in place; its external data in `base_dir`);
+    (None, why) where that cannot be done (`pruned` unchanged)."""
     if graph.path is None or not any(v is not None for v in graph.dims.values()):
         return None, "no symbolic dimensions were set"
     original, _, _ = read_model(graph.path)
@@ -45,7 +45,7 @@ def generalize(graph: Graph, pruned: onnx.ModelProto) -> tuple[onnx.ModelProto |
     extra = []
     for name in needed:
         if name in inits and name not in recompute:
-            if name in file_inits and not np.array_equal(numpy_helper.to_array(inits[name]),
+            if name in file_inits and not np.array_equal(numpy_helper.to_array(inits[name], str(base_dir or "")),
                                                          numpy_helper.to_array(file_inits[name], str(graph.base_dir or ""))):
                 return None, f"'{name}' is both a changed weight and an input of a shape computation"
         elif name in file_inits and name not in inits:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,9 +74,20 @@ def tolerance_for(graph: Graph) -> float:
 
 
 def check(graph: Graph, oracle: Oracle, pruned: onnx.ModelProto | str | os.PathLike, seeds=(0, 1, 2),
-          tolerance: float | None = None) -> Check:
-    """Full onnx checker on the pruned model (a file, as written, or a ModelProto), then oracle vs
-    pruned in onnxruntime with all optimizations (tolerance: by the outputs' dtype by default)."""
+          tolerance: float | None = None, base_dir: str | os.PathLike | None = None) -> Check:
+    """Full onnx checker on the pruned model (a file, as written, or a ModelProto whose external
+    data lies in `base_dir`), then oracle vs pruned in onnxruntime with all optimizations
+    (tolerance: by the outputs' dtype by default)."""
+    if isinstance(pruned, onnx.ModelProto) and base_dir is not None:
+        fd, file = tempfile.mkstemp(suffix=".onnx", dir=base_dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pruned.SerializeToString())
+            result = check(graph, oracle, file, seeds, tolerance)
+            result.file = None
+            return result
+        finally:
+            os.unlink(file)
     tolerance = tolerance_for(graph) if tolerance is None else tolerance
     file = None if isinstance(pruned, onnx.ModelProto) else os.fspath(pruned)
     try:
@@ -85,10 +97,14 @@ def check(graph: Graph, oracle: Oracle, pruned: onnx.ModelProto | str | os.PathL
     model = pruned if file is None else onnx.load(file, load_external_data=False)
     outputs = [o.name for o in oracle.model.graph.output]
     feeds = [random_inputs(graph, s) for s in seeds]
+    # one model in memory at a time: the oracle's runs, then the pruned model's
     a = oracle.session()
+    expected = oracle.run(a, feeds, outputs)
+    del a
+    oracle.close()
     b = session(pruned if file is None else file)
-    expected = [oracle.run(a, f, outputs) for f in feeds]
     got = [b.run(outputs, f) for f in feeds]
+    del b
     result = Check(True, 0.0, 0.0, tolerance, "passed", file)
     _compare(result, outputs, expected, got, oracle)
     trivial = _trivial(outputs, expected)
@@ -98,8 +114,10 @@ def check(graph: Graph, oracle: Oracle, pruned: onnx.ModelProto | str | os.PathL
         names = _intermediates(graph, oracle, model)
         if names:
             a = oracle.session(names)
-            b = session(with_outputs(_loaded(model, file), names))
-            expected = [oracle.run(a, f, names) for f in feeds]
+            expected = oracle.run(a, feeds, names)
+            del a
+            oracle.close()
+            b = session(with_outputs(model, names), base_dir=None if file is None else os.path.dirname(file))
             got = [b.run(names, f) for f in feeds]
             _compare(result, names, expected, got, oracle)
             result.compared = names
@@ -157,13 +175,6 @@ def _intermediates(graph: Graph, oracle: Oracle, model: onnx.ModelProto) -> list
     return names
 
 
-def _loaded(model: onnx.ModelProto, file: str | None) -> onnx.ModelProto:
-    """The model with its weights (a file's external data read from beside it)."""
-    if file is None:
-        return model
-    return onnx.load(file)
-
-
 def check_runs(graph: Graph, model: str | os.PathLike, seeds=(0,)) -> Check:
     """A model with no oracle (a grown one): the file passes onnx's full checker, opens in a fresh
     onnxruntime session with all optimizations and gives finite outputs."""
@@ -181,10 +192,12 @@ def check_runs(graph: Graph, model: str | os.PathLike, seeds=(0,)) -> Check:
     return Check(True, 0.0, top, 0.0, "passed", file, oracle=False)
 
 
-def dynamic_batch(graph: Graph, model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+def dynamic_batch(graph: Graph, model: onnx.ModelProto, base_dir: str | os.PathLike | None = None
+                  ) -> tuple[onnx.ModelProto, str | None]:
     """The pruned model with the file's symbolic batch dimension back on its inputs and outputs,
     if it computes each sample of a batch of 2 as it computes that sample alone (a Reshape whose
-    shape load folded from batch 1 would not); else the model as it is, with the reason."""
+    shape load folded from batch 1 would not); else the model as it is, with the reason.
+    `base_dir`: where the model's external data lies."""
     names = [vi.name for vi in list(model.graph.input) + list(model.graph.output)]
     batch = {n: graph.declared[n].shape[0] for n in names if n in graph.declared and graph.declared[n].shape
              and not isinstance(graph.declared[n].shape[0], int)}
@@ -202,7 +215,7 @@ def dynamic_batch(graph: Graph, model: onnx.ModelProto) -> tuple[onnx.ModelProto
     try:
         one = [random_inputs(graph, s) for s in (0, 1)]
         both = {k: np.concatenate([f[k] for f in one]) for k in one[0]}
-        sess = session(m)
+        sess = session(m, base_dir=base_dir)
         apart = [sess.run(None, f) for f in one]
         together = sess.run(None, both)
     except Exception as e:  # onnxruntime refuses the batch: a shape was fixed
