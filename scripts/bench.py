@@ -770,12 +770,19 @@ def bench_decoder(report: Report, preset: str, path: Path | None, repeat: int, t
                                                        "past_sequence_length=12", "--masks", masks,
                                                        "-o", tmp / "pruned.onnx"], 1)]
     t.row("onnx load+save", f"{io.seconds:.2f}", f"{io.peak_mib:.0f}", f"{io.peak_mib / total:.2f}", "1.00")
+    sess = ort_ref(path, repeat)
+    t.row("onnxruntime session + run", sess.cell(".2f"), f"{sess.peak_mib:.0f}", f"{sess.peak_mib / total:.2f}",
+          f"{sess.seconds / io.seconds:.2f}")
     for label, argv, times in runs:
         r = morphonnx_cli(*argv, repeat=times)
         t.row(label, r.cell(".2f"), "-" if r.error else f"{r.peak_mib:.0f}",
               "-" if r.error else f"{r.peak_mib / total:.2f}", "-" if r.error else f"{r.seconds / io.seconds:.2f}")
         if r.error:
             report.say(f"{label} failed: {r.error}")
+    if not r.error:
+        bound = 1.5 * largest + sess.peak_mib
+        report.say(f"prune's peak {r.peak_mib:.0f} MiB against 1.5 x the largest tensor + an onnxruntime session "
+                   f"of the model = {bound:.0f} MiB: {'within' if r.peak_mib <= bound else 'OVER'}")
 
 
 HALF_MLP = """import json, sys, morphonnx
