@@ -266,13 +266,14 @@ def features(profile: Profile, costs: CostModel) -> np.ndarray:
     """Per model: bare roofline seconds of each fitted op class, the op count, and 1."""
     bare = Profile(profile.key, profile.name, profile.peak_gflops, profile.bandwidth_gbs,
                    channel_block=profile.channel_block)
+    bare.prepare(costs)
     sums = dict.fromkeys(FIT_CLASSES, 0.0)
     ops = 0
     for c in costs.ops:
         if not c.costed:
             continue
         t, bound = bare.latency(c)
-        if bound != "none":
+        if bound not in ("none", "fused"):
             sums[fit_class(bare, c)] += t
             ops += 1
     return np.array([sums[k] for k in FIT_CLASSES] + [ops, 1.0])

@@ -6,9 +6,11 @@ saying what and where; a traceback only with --debug).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
+import threading
 
 from typing import Sequence
 
@@ -403,6 +405,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate, fit_on_models, progress_printer
     from .profiles import load_profile
     say = progress_printer()
+    if args.kernels and args.fit:
+        raise BadInput("calibrate: --kernels and --fit are two latency models; give one")
     with Outputs(args.fit) as out:
         out.claim(args.out, stdout=False)
         if args.fit:  # bad --fit models are refused before measuring
@@ -410,6 +414,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             for model in args.fit:
                 out.add_inputs(load(model).external_files())
         profile = calibrate(quick=args.quick, progress=say)
+        if args.kernels:
+            from .microbench import calibrate_kernels
+            profile, _ = calibrate_kernels(profile, quick=args.quick, progress=say)
         if args.fit:
             profile = fit_on_models(profile, args.fit, args.variants, progress=say)
         staged = out.text(args.out, profile.to_yaml())
@@ -418,6 +425,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"{checked.op_overhead_us:g} us per op, {checked.run_overhead_us:g} us per run")
         if checked.efficiency:
             print("fitted efficiency: " + ", ".join(f"{k} {v:g}" for k, v in checked.efficiency.items()))
+        if checked.kernels:
+            print(f"kernel model: {len(checked.kernels)} classes; {checked.sources['kernels'].split(': ', 1)[1]}")
         out.commit()
     print(f"wrote {args.out} (use it with --profile {args.out})")
     return 0
@@ -595,6 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="measure this machine and write a profile YAML")
     cal.add_argument("--out", default="my-machine.yaml", help="profile to write (default my-machine.yaml)")
     cal.add_argument("--quick", action="store_true", help="smaller, fewer measurements (seconds)")
+    cal.add_argument("--kernels", action="store_true",
+                     help="fit a latency model per runtime kernel class on microbenchmarks (minutes; --quick: fewer)")
     cal.add_argument("--fit", action="append", default=[], metavar="MODEL",
                      help="also fit per-op-class efficiency and overheads on random-width variants of this model "
                           "(repeatable)")
@@ -620,10 +631,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (timeout, a scheduler, docker stop) unwinds like Ctrl-C: staged outputs and the
+    temporary folders of streamed weights are removed."""
+    import signal
+
+    def stop(*_) -> None:
+        raise Terminated()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    _exit_on_sigterm()
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -632,11 +659,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"morphonnx: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 143
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `morphonnx ... | head`
         sys.stdout = None
         return 0
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or debug:
+            raise
+        print(f"morphonnx: error: {e.filename or 'output'}: {os.strerror(e.errno)}; nothing was written",
+              file=sys.stderr)
+        return 2
     except Exception as e:  # a bug of ours: one line and exit 3 (--debug shows the traceback)
         if debug:
             raise

@@ -82,6 +82,7 @@ class Side:
 
     def latency(self, profile: Profile) -> dict[str, tuple[float, str]]:
         """Node → (seconds, bound) on a profile."""
+        profile.prepare(self.costs)
         return {c.name: profile.latency(c) for c in self.costs.ops if c.costed}
 
     def total(self, profile: Profile) -> float:
@@ -284,6 +285,7 @@ class Comparison:
         by_type = [{p.key: {} for p in self.profiles} for _ in self.sides]
         for i, side in enumerate(self.sides):
             for p in self.profiles:
+                p.prepare(side.costs)
                 for c in side.costs.ops:
                     if c.costed:
                         d = by_type[i][p.key]

@@ -105,6 +105,8 @@ class Graph:
             self.tensors[name] = TensorInfo(name, t.data_type, tuple(int(d) for d in t.dims))
         self._nx = None
         self._order: list[str] | None = None
+        self.source: onnx.ModelProto | None = None  # the ModelProto it was loaded from (not a file)
+        self._kernel_map = None
 
     @property
     def nx(self) -> "nx.DiGraph":
@@ -507,6 +509,7 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, batch: int | None = Non
         stub.dims.extend(value.shape)
         weights[name] = stub  # typed, without data: the value is in the array cache
     graph = Graph(model, base_dir, path, stored, weights)
+    graph.source = source if isinstance(source, onnx.ModelProto) else None  # the runtime's kernels read it
     graph.origins = origins
     # A Constant node computed into a weight with a stored initializer (the ones of a weight
     # standardization) is a helper constant, not a parameter.

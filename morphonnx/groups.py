@@ -216,6 +216,7 @@ def add_latency_per_channel(groups: Groups, profile, costs: CostModel | None = N
     """
     graph, plan = groups.graph, groups.plan
     costs = costs or cost_model(graph)
+    profile.prepare(costs)
     per: dict[int, float] = {}
     eg = groups.element_group
     for c in costs.ops:

@@ -153,6 +153,8 @@ class Outputs:
             for i in self.inputs + (self._input_data() if p.exists() else []):
                 if _same(p, i):
                     raise BadInput(f"{target.path}: is an input of this command; give another output path")
+            if p != target.real and p.is_dir():
+                raise BadInput(f"{target.path}: its data file {p} is a directory; give another output path")
         return target
 
     def _input_data(self) -> list[Path]:
@@ -380,6 +382,7 @@ def write_model(model, path: str | os.PathLike, data_name: str | None = None,
     external = [t for t in _tensors(model.graph) if t.data_location == TensorProto.EXTERNAL]
     files = {external_info(t).get("location") for t in external}
     moved = None
+    (path.parent / data_name).parent.mkdir(parents=True, exist_ok=True)
     if move and base_dir is not None and len(files) == 1:
         moved = files.pop()
         _move(Path(base_dir) / moved, path.parent / data_name)

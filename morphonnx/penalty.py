@@ -20,7 +20,7 @@ import numpy as np
 
 from .costs import CostModel, cost_model, parameters
 from .groups import Groups
-from .profiles import Profile
+from .profiles import Profile, kernel_parts
 
 RESOURCES = ("flops", "macs", "size", "latency")
 
@@ -88,13 +88,15 @@ class PenaltyProgram:
         i, o = self.io(alive)
         if self.resource != "latency":
             return float(self.forms[0].value(i, o).sum())
+        if len(self.forms) == 1:  # a kernel model: overhead + MACs and bytes terms, summed
+            return float(self.forms[0].value(i, o).sum() + self.overhead)
         return float(np.maximum(self.forms[0].value(i, o), self.forms[1].value(i, o)).sum() + self.overhead)
 
     def penalty(self, alive: np.ndarray, reg: np.ndarray) -> float:
         """MorphNet's regularizer at these alive counts and gamma sums (numpy)."""
         i, o = self.io(alive)
         ri, ro = self.io(reg)
-        if self.resource != "latency":
+        if self.resource != "latency" or len(self.forms) == 1:
             return float(self.forms[0].reg(i, o, ri, ro).sum())
         binds = self.forms[0].value(i, o) >= self.forms[1].value(i, o)
         return float(np.where(binds, self.forms[0].reg(i, o, ri, ro), self.forms[1].reg(i, o, ri, ro)).sum())
@@ -224,8 +226,12 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
         params, nbytes = _weight_terms(groups, c, consumed, out, seen)
         flops = _split(c.flops, consumed, out, groups, "io" if c.macs else "o" if out else "i")
         # a read of what has no channels here (the graph input of a first conv) is a constant
-        act = np.add(_split(c.read_bytes, consumed, out, groups, "i" if consumed else "o" if not c.macs else ""),
-                     _split(c.write_bytes, consumed, out, groups, "o"))
+        read = _split(c.read_bytes, consumed, out, groups, "i" if consumed else "o" if not c.macs else "")
+        write = _split(c.write_bytes, consumed, out, groups, "o")
+        act = np.add(read, write)
+        coeffs.setdefault("read", []).append(list(read))
+        coeffs.setdefault("write", []).append(list(write))
+        coeffs.setdefault("weight_bytes", []).append(list(np.sum(nbytes, axis=0)) if nbytes else [0.0] * 4)
         coeffs.setdefault("flops", []).append(list(flops))
         coeffs.setdefault("macs", []).append(list(_split(c.macs, consumed, out, groups, "io")))
         coeffs.setdefault("size", []).append(list(np.sum(params, axis=0)) if params else [0.0] * 4)
@@ -236,11 +242,28 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
         arr = np.asarray(table, dtype=float).reshape(-1, 4) * (np.asarray(scale)[:, None] if np.ndim(scale) else scale)
         return Form(*(arr[:, j].copy() for j in range(4)))
 
-    if resource == "latency":
+    if resource == "latency" and profile.kernels:
+        # a kernel model: per op, its kernels' seconds per MAC and per byte read, written and of
+        # weights (Profile.kernel_latency at the model's own widths), summed; overheads fixed
+        profile.prepare(costs)
+        scale = np.zeros((len(ops), 4))  # per MAC, read byte, written byte, weight byte
+        overhead = profile.run_overhead_us * 1e-6
+        for k, c in enumerate(ops):
+            for cls, *factors in kernel_parts(c, profile.channel_block or 16):
+                o, per = profile.kernel_terms(cls)
+                scale[k] += np.array(factors) * per
+                overhead += o
+        table = sum(np.asarray(coeffs[key], dtype=float) * scale[:, j:j + 1]
+                    for j, key in enumerate(("macs", "read", "write", "weight_bytes")))
+        forms = [form(table.tolist())]
+    elif resource == "latency":
+        profile.prepare(costs)
         eff = np.array([profile.efficiency_of(c) if profile.efficiency else 1.0 for c in ops])
         peak = np.array([profile.peak(c.dtype)[0] for c in ops])
-        forms = [form(coeffs["flops"], 1.0 / (peak * eff)), form(coeffs["bytes"], 1.0 / (profile.bandwidth_gbs * 1e9 * eff))]
-        overhead = profile.op_overhead_us * 1e-6 * sum(1 for c in ops if profile.latency(c)[1] != "none") \
+        live = np.array([0.0 if profile.latency(c)[1] == "fused" else 1.0 for c in ops])
+        forms = [form(coeffs["flops"], live / (peak * eff)),
+                 form(coeffs["bytes"], live / (profile.bandwidth_gbs * 1e9 * eff))]
+        overhead = profile.op_overhead_us * 1e-6 * sum(1 for c in ops if profile.latency(c)[1] not in ("none", "fused")) \
             + profile.run_overhead_us * 1e-6
     else:
         forms, overhead = [form(coeffs[resource])], 0.0

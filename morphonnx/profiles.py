@@ -6,12 +6,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .costs import OpCost
 from .errors import BadInput
 
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "int8")
 REQUIRED = ("name", "peak_gflops", "bandwidth_gbs", "sources")
-OPTIONAL = ("kind", "notes", "op_overhead_us", "run_overhead_us", "efficiency", "channel_block")
+OPTIONAL = ("kind", "notes", "op_overhead_us", "run_overhead_us", "efficiency", "channel_block", "kernels", "fuse")
+# A kernel's seconds: overhead + MACs / gmacs + bytes read / read_gbs + bytes written / write_gbs
+# + weight bytes / weight_gbs (rates in 1e9 per second; an absent rate costs nothing).
+KERNEL_RATES = ("gmacs", "read_gbs", "write_gbs", "weight_gbs")
+KERNEL_FIELDS = ("overhead_us",) + KERNEL_RATES
 DTYPE_PRECISION = {"float64": "fp64", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
                    "int8": "int8", "uint8": "int8"}
 
@@ -34,6 +40,38 @@ class Profile:
     run_overhead_us: float = 0.0
     # Channel counts that are multiples of this get the runtime's fast blocked kernels (0: not modelled).
     channel_block: int = 0
+    # Fitted on kernel microbenchmarks (`morphonnx calibrate --kernels`): per runtime kernel class
+    # (`kernels.kernel_class`), {overhead_us, and the rates of KERNEL_RATES}; "*" for the
+    # rest. With it, an op costs the runtime kernels it carries (`kernels.kernel_map`).
+    kernels: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The roofline charges nothing to an op that the standard fusions run inside another op's
+    # kernel (a BN, activation or bias after a conv; `kernels.standard_fusions`).
+    fuse: bool = True
+
+    def kernel_terms(self, cls: str) -> tuple[float, np.ndarray]:
+        """(seconds, seconds per unit of each of `KERNEL_WORK`) of one kernel of a class."""
+        k = self.kernels.get(cls) or self.kernels.get("*") or {}
+        return k.get("overhead_us", 0.0) * 1e-6, np.array([1e-9 / k[f] if k.get(f) else 0.0 for f in KERNEL_RATES])
+
+    def kernel_latency(self, cost: OpCost) -> tuple[float, str]:
+        """Seconds of the runtime kernels an op carries (none: "fused" into another op's kernel)."""
+        if not cost.runtime:
+            return 0.0, "fused" if cost.runtime is not None else "none"
+        overhead, work = 0.0, np.zeros(len(KERNEL_RATES))
+        for cls, amounts in kernel_work(cost, self.channel_block or 16):
+            o, per = self.kernel_terms(cls)
+            overhead, work = overhead + o, work + amounts * per
+        compute, memory = float(work[0]), float(work[1:].sum())
+        bound = "overhead" if overhead > compute + memory else "compute" if compute >= memory else "memory"
+        return overhead + compute + memory, bound
+
+    def prepare(self, costs) -> None:
+        """Map a cost model's ops onto the runtime's kernels when this profile models kernels, onto
+        the standard fusions when it fuses."""
+        if self.kernels:
+            costs.attach_runtime()
+        elif self.fuse:
+            costs.attach_fusions()
 
     def op_class(self, cost: OpCost) -> str:
         """The efficiency key of an op: type, structural kind, and `unaligned` when its channel
@@ -63,8 +101,13 @@ class Profile:
         """Roofline seconds `max(flops / peak, bytes / bandwidth)` plus overhead, and the bound label.
 
         The label is "compute" or "memory" by which term is larger, "overhead" when the per-op
-        overhead is more than both, "none" for an op with no work at all (a view or a metadata op).
+        overhead is more than both, "none" for an op with no work at all (a view or a metadata op),
+        "fused" for one run inside another op's kernel (`prepare`).
         """
+        if self.kernels:
+            return self.kernel_latency(cost)
+        if self.fuse and cost.fused_into:
+            return 0.0, "fused"
         compute = cost.flops / self.peak(cost.dtype)[0]
         memory = cost.bytes / (self.bandwidth_gbs * 1e9)
         if compute == 0 and memory == 0:
@@ -77,6 +120,7 @@ class Profile:
 
     def total_latency(self, costs) -> float:
         """Seconds of one run of a model: its ops' latencies plus the per-run overhead."""
+        self.prepare(costs)
         return sum(self.latency(c)[0] for c in costs.ops if c.costed) + self.run_overhead_us * 1e-6
 
     def to_yaml(self) -> str:
@@ -91,9 +135,57 @@ class Profile:
             doc["efficiency"] = dict(self.efficiency)
         if self.channel_block:
             doc["channel_block"] = self.channel_block
+        if not self.fuse:
+            doc["fuse"] = False
+        if self.kernels:
+            doc["kernels"] = {k: dict(v) for k, v in self.kernels.items()}
         doc["sources"] = dict(self.sources)
         import yaml  # only where profiles are read or written (10 ms at start-up otherwise)
         return yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+def kernel_parts(cost: OpCost, block: int = 16):
+    """Per runtime kernel an op carries: (class, MACs factor, read, write, weight-bytes factors).
+
+    The op's own kernel does its MACs (a blocked NCHWc convolution on channel counts rounded up
+    to the block, `block` wide) and moves all its bytes; a reorder into the blocked layout moves
+    the op's input, one out of it the op's output; a helper (a bias computed at run time) only
+    costs its overhead."""
+    for cls, main in cost.runtime or ():
+        if main:
+            yield cls, _padding(cls, cost.channels, block), 1.0, 1.0, 1.0
+        elif cls.endswith("ReorderInput"):
+            yield cls, 0.0, 1.0, 0.0, 0.0
+        elif cls.endswith("ReorderOutput"):
+            yield cls, 0.0, 0.0, 1.0, 0.0
+        else:
+            yield cls, 0.0, 0.0, 0.0, 0.0
+
+
+def _padding(cls: str, channels: tuple[int, int] | None, block: int) -> float:
+    """MACs done per MAC of the op: a blocked conv computes whole blocks of output channels, and of
+    input channels unless it reads the plain layout (fewer input channels than a block)."""
+    if not cls.startswith("nchwc.Conv") or not channels or not block:
+        return 1.0
+    up = lambda c: -(-c // block) * block / c if c else 1.0
+    cin, cout = channels
+    if cls.endswith(".dw"):
+        return up(cout)
+    return up(cout) * (up(cin) if cin >= block else 1.0)
+
+
+def kernel_work(cost: OpCost, block: int = 16):
+    """(class, [MACs, bytes read, written, of weights]) of each runtime kernel an op carries
+    (`kernel_parts`)."""
+    amounts = np.array([cost.macs, cost.read_bytes, cost.write_bytes, cost.weight_bytes], dtype=float)
+    for cls, *factors in kernel_parts(cost, block):
+        yield cls, amounts * np.array(factors)
+
+
+def _flag(value: object, path: Path, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadInput(f"profile {path}: field '{name}' must be true or false, got {value!r}")
+    return value
 
 
 def profile_dirs() -> list[Path]:
@@ -184,6 +276,19 @@ def validate_profile(data: object, path: Path) -> Profile:
     for op, f in efficiency.items():
         if _positive(f, path, f"efficiency.{op}") > 10:
             raise BadInput(f"profile {path}: field 'efficiency.{op}' must be at most 10, got {f!r}")
+    kernels = data.get("kernels") or {}
+    if not isinstance(kernels, dict):
+        raise BadInput(f"profile {path}: field 'kernels' must map kernel classes to {{{', '.join(KERNEL_FIELDS)}}}")
+    for cls, k in kernels.items():
+        if not isinstance(k, dict):
+            raise BadInput(f"profile {path}: field 'kernels.{cls}' must map {', '.join(KERNEL_FIELDS)} to numbers")
+        for f, v in k.items():
+            if f not in KERNEL_FIELDS:
+                raise BadInput(f"profile {path}: unknown field 'kernels.{cls}.{f}' (fields: {', '.join(KERNEL_FIELDS)})")
+            if not (f == "overhead_us" and v == 0):
+                _positive(v, path, f"kernels.{cls}.{f}")
+    if kernels and "*" not in kernels:
+        raise BadInput(f"profile {path}: field 'kernels.*' is missing: the model of the kernels of no fitted class")
     sources = data["sources"]
     if not isinstance(sources, dict):
         raise BadInput(f"profile {path}: field 'sources' must map each number's field to its source")
@@ -193,6 +298,7 @@ def validate_profile(data: object, path: Path) -> Profile:
     numbers += [f for f, v in (("op_overhead_us", overhead), ("run_overhead_us", run_overhead),
                                ("channel_block", block)) if v]
     numbers += [f"efficiency.{op}" for op in efficiency]
+    numbers += ["kernels"] if kernels else []
 
     def sourced(f: str) -> bool:
         return bool(str(sources.get(f) or "").strip())
@@ -203,4 +309,5 @@ def validate_profile(data: object, path: Path) -> Profile:
                    op_overhead_us=float(overhead), kind=str(data.get("kind", "")),
                    sources={str(k): str(v) for k, v in sources.items()}, path=str(path),
                    efficiency={str(k): float(v) for k, v in efficiency.items()}, run_overhead_us=float(run_overhead),
-                   channel_block=int(block))
+                   channel_block=int(block), fuse=_flag(data.get("fuse", True), path, "fuse"),
+                   kernels={str(c): {f: float(v) for f, v in k.items()} for c, k in kernels.items()})

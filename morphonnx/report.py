@@ -31,6 +31,8 @@ class Analysis:
 
     def op_latency(self) -> list[dict[str, tuple[float, str]]]:
         """Per op, profile key → (seconds, bound)."""
+        for p in self.profiles:
+            p.prepare(self.costs)
         return [{p.key: p.latency(c) for p in self.profiles} for c in self.costs.ops]
 
     def to_dict(self) -> dict:

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import weakref
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,6 @@ class Rewriter:
         self.plan = groups.plan
         self.kept = kept
         self.morph = m
-        self.rng = np.random.default_rng(0)
         # with a folder: weights stream from the file's external data to a data file there
         self.folder = folder
         self.gs_graph = _import_with_weights(groups.graph, defer=folder is not None)
@@ -164,12 +164,14 @@ class Rewriter:
                     value = np.asarray(node.inputs[i].values)
                 for sl in sls:
                     idx = expand_channels(self.kept[sl.tensor], self.plan.spaces[sl.tensor].block)
-                    value = self._take(value, idx, sl.axis)
+                    value = self._take(value, idx, sl.axis, node.inputs[i].name)
                 self.set_const(node, i, value)
 
-    def _take(self, value: np.ndarray | Deferred, idx: np.ndarray, axis: int) -> np.ndarray | Deferred:
+    def _take(self, value: np.ndarray | Deferred, idx: np.ndarray, axis: int, name: str) -> np.ndarray | Deferred:
+        """Entries `idx` along `axis` (`take_or_init`: new channels drawn from a generator of the
+        weight's own, so that a grown model is the same whether its weights stream or not)."""
         if not isinstance(value, Deferred):
-            return take_or_init(value, idx, axis, self.rng)
+            return take_or_init(value, idx, axis, np.random.default_rng(zlib.crc32(name.encode())))
         shape = list(value.shape)
         shape[axis] = len(idx)
         return value.then(lambda v, rng=value.rng(): take_or_init(v, idx, axis, rng), shape)
@@ -390,7 +392,7 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8, workdir: str | os.P
     morphed = rw.replace_boundaries(values)
     done = {f.node: rw.apply_fold(f) for f in folds if f.node not in m.static_nodes}
     model = rw.export(groups.graph.model)  # shapes stay to the runtime: inferring them would copy every weight
-    drop_zero_biases(groups.graph, model)
+    drop_zero_biases(groups.graph, model, rw.folder)
     notes += [f"group {gid}: {n} removed channels kept: their silenced value depends on the input"
               for gid, n in revived.items()]
     result.model, result.folds, result.revived, result.notes, result._oracle = model, done, revived, notes, oracle
@@ -402,7 +404,7 @@ def prune(groups: Groups, masks: Masks, max_rounds: int = 8, workdir: str | os.P
     return result
 
 
-def drop_zero_biases(graph: Graph, model: onnx.ModelProto) -> None:
+def drop_zero_biases(graph: Graph, model: onnx.ModelProto, base_dir: Path | None = None) -> None:
     """Remove the bias input of a Conv/ConvTranspose whose bias the original computed from no
     parameter (an exporter's Expand of a scalar zero for `bias=False`) and that is still all
     zero: the rewrite would otherwise store it, and it would count as parameters it never was."""
@@ -416,7 +418,8 @@ def drop_zero_biases(graph: Graph, model: onnx.ModelProto) -> None:
         if len(was.input) < 3 or not was.input[2] or not exporter_zero_bias(graph, was, 2):
             continue
         t = inits.get(n.input[2])  # still all zero in the pruned model (a fold may have filled it)
-        if t is not None and not t.external_data and not numpy_helper.to_array(t).any():
+        if t is not None and (not t.external_data or base_dir is not None) and \
+                not numpy_helper.to_array(t, str(base_dir or "")).any():
             dropped.add(n.input[2])
             del n.input[2]
     used = {t for n in _all_nodes(model.graph) for t in n.input}

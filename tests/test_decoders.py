@@ -160,5 +160,5 @@ def test_at_settings_name_themselves_in_errors_and_carry_bounds(decoder, tmp_pat
     assert main(["compare", str(path), "--at", "p:sequence_length=8,past_sequence_length=0", "--at",
                  "d:sequence_length=1,past_sequence_length=7", "--profile", "v100", "--json", str(out)]) == 0
     ops = json.loads(out.read_text())["ops"]
-    assert all(o["model1"]["bound"]["v100"] in ("memory", "compute", "overhead", "none", None) for o in ops)
+    assert all(o["model1"]["bound"]["v100"] in ("memory", "compute", "overhead", "none", "fused", None) for o in ops)
     assert any(o["model1"]["bound"]["v100"] == "memory" for o in ops)

@@ -79,6 +79,12 @@ class OpCost:
     weight_inputs: tuple[int, ...] = ()  # constant inputs whose bytes the op reads
     in_shapes: tuple[tuple, ...] = ()   # shapes of the activation inputs (constants left out)
     out_shapes: tuple[tuple, ...] = ()
+    # the runtime kernels this op carries, (class, does the op's MACs) (`kernels.kernel_map`; ()
+    # fused into another op's kernel); None until a kernel profile asks (`CostModel.attach_runtime`)
+    runtime: tuple[tuple[str, bool], ...] | None = None
+    # the op whose kernel carries this one under the standard fusions (`kernels.standard_fusions`;
+    # set by `CostModel.attach_fusions`)
+    fused_into: str | None = None
 
     @property
     def activation_bytes(self) -> int:
@@ -230,6 +236,26 @@ class CostModel:
 
     graph: Graph
     ops: list[OpCost] = field(default_factory=list)
+
+    def attach_runtime(self) -> None:
+        """Give every op the runtime kernels it carries (onnxruntime's optimized CPU graph of the
+        model, asked once: `kernels.kernel_map`)."""
+        if self.ops and all(c.runtime is not None for c in self.ops):
+            return
+        from ..kernels import runtime_kernels
+        km = runtime_kernels(self.graph)
+        for c in self.ops:
+            c.runtime = tuple(km.kernels.get(c.name, ()))
+
+    def attach_fusions(self) -> None:
+        """Mark the ops that the standard inference fusions put into another op's kernel."""
+        if getattr(self, "_fusions", False):
+            return
+        from ..kernels import standard_fusions
+        fused = standard_fusions(self.graph)
+        for c in self.ops:
+            c.fused_into = fused.get(c.name)
+        self._fusions = True
 
     @property
     def not_costed(self) -> list[OpCost]:
