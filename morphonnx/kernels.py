@@ -117,9 +117,11 @@ def _tensor_of(node: onnx.NodeProto, graph: Graph) -> str | None:
     for suffix in ("_bn_nchwc", "_nchwc"):
         if node.name.endswith(suffix) and node.name[:-len(suffix)] in graph.producer:
             return node.name[:-len(suffix)]
-    if node.name in graph.nodes:
-        out = graph.nodes[node.name].output
-        return out[0] if out and out[0] else None
+    # a fused node keeps the name of the op it was made from: `<op>/MatMulAddFusion`
+    for name in (node.name, node.name.split("/")[0]):
+        if name in graph.nodes:
+            out = graph.nodes[name].output
+            return out[0] if out and out[0] else None
     return None
 
 
@@ -131,6 +133,7 @@ def kernel_map(graph: Graph, optimized: onnx.ModelProto) -> KernelMap:
         for i in n.input:
             readers.setdefault(i, []).append(n)
     pending: list[onnx.NodeProto] = []
+    moved: list[tuple[str, str, onnx.NodeProto]] = []  # a heavy kernel that ends at another op
     for n in optimized.graph.node:
         t = _tensor_of(n, graph)
         if t is None:
@@ -138,19 +141,17 @@ def kernel_map(graph: Graph, optimized: onnx.ModelProto) -> KernelMap:
             continue
         op = graph.producer[t]
         cls = kernel_class(n, graph, op)
+        if _heavy(cls) and graph.nodes[op].op_type not in HEAVY:
+            moved.append((op, cls, n))
+            continue
         km.kernels.setdefault(op, []).append((cls, not cls.startswith("nchwc.Reorder")))
+    for op, cls, n in moved:  # the kernel of a fused chain carries its heavy op's cost
+        anchor = _anchor(graph, op, km, n)
+        km.kernels.setdefault(anchor, []).append((kernel_class(n, graph, anchor), True))
     for n in pending:  # a reorder into the blocked layout, a bias computed at run time: the op that reads it
         op = _reader(n, readers, graph)
         if op is not None:
             km.kernels.setdefault(op, []).append((kernel_class(n, graph, op), False))
-    for op in [o for o, ks in km.kernels.items() if any(_heavy(k) for k, _ in ks)]:
-        anchor = _anchor(graph, op, km)
-        if anchor != op:  # the kernel of a fused chain: it carries the heavy op's cost
-            heavy = [k for k in km.kernels[op] if _heavy(k[0])]
-            km.kernels[op] = [k for k in km.kernels[op] if k not in heavy]
-            km.kernels.setdefault(anchor, []).extend(heavy)
-            if not km.kernels[op]:
-                del km.kernels[op]
     for name in graph.nodes:
         km.roles[name] = "kernel" if name in km.kernels else "fused"
     return km
@@ -160,20 +161,31 @@ def _heavy(cls: str) -> bool:
     return cls.removeprefix("nchwc.").split(".")[0] in ("Conv", "Gemm")
 
 
-def _anchor(graph: Graph, op: str, km: KernelMap) -> str:
-    """The Conv/Gemm/MatMul a kernel that ends at `op` was fused from: up through ops that run
-    no kernel of their own."""
-    todo, seen = [op], {op}
+def _anchor(graph: Graph, op: str, km: KernelMap, node: onnx.NodeProto) -> str:
+    """The Conv/Gemm/MatMul that the runtime kernel `node`, which ends at `op`, was fused from:
+    among those up through ops that run no kernel of their own and that carry no heavy kernel
+    yet, the one the node is named after, else the first whose kernel shape, strides and group
+    match it."""
+    todo, seen, found = [op], {op}, []
     while todo:
         name = todo.pop(0)
         if graph.nodes[name].op_type in HEAVY:
-            return name
+            if not any(_heavy(c) and own for c, own in km.kernels.get(name, ())):
+                found.append(name)
+            continue
         for t in graph.nodes[name].input:
             p = graph.producer.get(t)
             if p is not None and p not in seen and (p not in km.kernels or graph.nodes[p].op_type in HEAVY):
                 seen.add(p)
                 todo.append(p)
-    return op
+    if not found:
+        return op
+    base = node.name.split("/")[0]
+    if base in found:
+        return base
+    keys = ("kernel_shape", "strides", "group")
+    want = [node_attr(node, k, None) for k in keys]
+    return next((f for f in found if [node_attr(graph.nodes[f], k, None) for k in keys] == want), found[0])
 
 
 def _reader(node: onnx.NodeProto, readers: dict, graph: Graph) -> str | None:

@@ -7,7 +7,7 @@ strides and kernel sizes, in both forms a runtime meets (fused into its blocked 
 and the plain kernels it runs when an export computes the bias at run time), matrix products,
 pools, normalizations, elementwise ops, concats, reductions, softmax and transposes.
 `measure()` times each (onnxruntime, default threads, all optimizations, median of runs, the
-lowest of three rounds) and
+lowest of five rounds) and
 `fit()` gives every kernel class the model
 
     seconds = overhead + MACs / mac_rate + bytes / byte_rate
@@ -127,9 +127,15 @@ def _conv_bench(rng: np.random.Generator, variant: str, plain: bool) -> Bench:
     if residual:
         y = net.node("Add", [y, x])
     y = net.node(str(rng.choice(["Relu", "Relu", "Clip"])) if variant != "dw" or rng.random() < 0.7 else "Relu", [y])
+    chained = not plain and rng.random() < 0.5
+    if chained:  # a second conv in the blocked layout: no reorder between the two
+        out_hw = -(-hw // stride)
+        c2 = cout if variant == "dw" else group * max(1, min(_channels(rng, 4, 1024),
+                                                             int(3e8 / (cout * k * k * out_hw ** 2))) // group)
+        y = net.node("Relu", [net.conv(y, cout, c2, k, 1, cout if variant == "dw" else group, False)])
     m, feeds = net.model({"x": (1, cin, hw, hw)}, y)
     name = f"{'plain' if plain else 'fused'} conv {variant} {cin}->{cout} k{k} s{stride} g{group} {hw}x{hw}" + \
-        (" +res" if residual else "")
+        (" +res" if residual else "") + (f" ->{c2}" if chained else "")
     return Bench(name, m, feeds)
 
 
@@ -217,23 +223,23 @@ def benchmarks(seed: int = 0, scale: float = 1.0) -> list[Bench]:
     return out
 
 
-def measure(benches: list[Bench], progress: Callable[[str], None] | None = None, rounds: int = 3) -> None:
+def measure(benches: list[Bench], progress: Callable[[str], None] | None = None, rounds: int = 5) -> None:
     """Time every benchmark (default threads, all optimizations): the median of a round of at
-    least 15 runs and 0.05 s, after 3 warm-ups; the lowest of `rounds` such medians, since a busy
+    least 30 runs and 0.1 s, after 3 warm-ups; the lowest of `rounds` such medians, since a busy
     moment of the machine only ever slows a round down."""
-    from .calibrate import _run_times, _session
+    from .calibrate import _session
     say = progress or (lambda msg: None)
     for k, b in enumerate(benches, 1):
-        b.seconds = median_seconds(_session(b.model), b.feeds, rounds)
+        b.seconds = median_seconds(_session(b.model), b.feeds, rounds, runs=30, min_seconds=0.1)
         if k % 25 == 0 or k == len(benches):
             say(f"  measured {k}/{len(benches)} benchmarks")
 
 
-def median_seconds(sess, feeds: dict, rounds: int = 3, runs: int = 15) -> float:
-    """The lowest over `rounds` of the median of >= `runs` runs (and >= 0.05 s) of a session."""
+def median_seconds(sess, feeds: dict, rounds: int = 3, runs: int = 15, min_seconds: float = 0.05) -> float:
+    """The lowest over `rounds` of the median of >= `runs` runs (and >= `min_seconds`) of a session."""
     from .calibrate import _run_times
     first = _run_times(sess, feeds, 3, 0)
-    n = max(runs, min(200, int(0.05 / max(min(first), 1e-6))))
+    n = max(runs, min(400, int(min_seconds / max(min(first), 1e-6))))
     return float(min(np.median(_run_times(sess, feeds, n, 0)) for _ in range(rounds)))
 
 
@@ -300,12 +306,13 @@ def fit(benches: list[Bench], base: Profile, seed: int = 0) -> tuple[Profile, di
         j = 1 + WIDTH * i
         entry = {"overhead_us": round(float(w[j]) * 1e6, 3)}
         for k, rate in enumerate(KERNEL_RATES, 1):
-            if w[j + k] > 0 and present[j + k]:
+            # a term the fit drove to nothing (over 1000x the memory bandwidth) is left out
+            if present[j + k] and w[j + k] * base.bandwidth_gbs * 1e9 * 1000 > 1:
                 entry[rate] = round(float(1e-9 / w[j + k]), 3)
         kernels[cls] = entry
     when = datetime.date.today().isoformat()
     how = (f"fitted by morphonnx calibrate --kernels on {when}: {len(benches)} kernel microbenchmarks "
-           f"(onnxruntime, default threads, lowest of 3 medians of >= 15 runs); held out {report['held_out']}: median error "
+           f"(onnxruntime, default threads, lowest of 5 medians of >= 30 runs and 0.1 s); held out {report['held_out']}: median error "
            f"{report['held_out_median_error']:.1%}, 90th percentile {report['held_out_p90_error']:.1%}, "
            f"{report['held_out_within_10pct']:.0%} within 10%")
     sources = dict(base.sources)
