@@ -29,6 +29,10 @@ ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmo
                "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "LeakyRelu", "Neg", "Sqrt", "Pow", "Exp", "Where", "Max",
                "Min", "Cast", "Abs", "Equal", "Less", "Greater", "Not", "And", "Or", "Mod", "Floor", "Ceil", "Round",
                "Sin", "Cos", "Reciprocal", "Softplus", "Mish", "Elu", "Selu", "PRelu", "Sum", "Swish"}
+# elementwise ops that compute a transcendental per element (an exp, an erf, a root): several times
+# the cost of an add
+MATH = {"Sigmoid", "Tanh", "Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Exp", "Log", "Pow", "Sqrt",
+        "Reciprocal", "Softplus", "Mish", "Elu", "Selu", "Sin", "Cos", "Swish"}
 VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Constant",
          "ConstantOfShape", "Range"}
 HEAVY = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -80,7 +84,8 @@ def runtime_kernels(graph: Graph) -> KernelMap:
 
 def kernel_class(node: onnx.NodeProto, graph: Graph | None = None, op: str | None = None) -> str:
     """The family of a runtime node: the blocked layout, the op family, and for convolutions
-    the variant (`k1`, `kxk`, `dw` for one input channel per group, `grouped`)."""
+    the variant (`k1`, `kxk`, `dw` for one input channel per group, `grouped`); elementwise ops
+    that compute a transcendental apart (`Elementwise.math`)."""
     prefix = "nchwc." if node.domain == NCHWC else ""
     t = node.op_type
     if t in ("Conv", "FusedConv"):
@@ -94,7 +99,7 @@ def kernel_class(node: onnx.NodeProto, graph: Graph | None = None, op: str | Non
     if t in POOLS:
         return prefix + "Pool"
     if t in ELEMENTWISE:
-        return "Elementwise"
+        return "Elementwise.math" if t in MATH else "Elementwise"
     if t in VIEWS:
         return "View"
     return prefix + t

@@ -172,7 +172,7 @@ def _other_bench(rng: np.random.Generator, kind: str) -> Bench:
     elif kind == "bn":
         y = net.bn(x, c)
     elif kind == "elementwise":
-        op = str(rng.choice(["Add", "Mul", "Sigmoid", "Relu", "Clip", "HardSwish"]))
+        op = str(rng.choice(["Add", "Mul", "Sigmoid", "Relu", "Clip", "HardSwish", "Tanh", "Erf"]))
         if op in ("Add", "Mul"):
             inputs["x2"] = shape if rng.random() < 0.6 else (1, c, 1, 1)
             y = net.node(op, [x, "x2"])
@@ -217,7 +217,7 @@ def benchmarks(seed: int = 0, scale: float = 1.0) -> list[Bench]:
         for variant, k in (("k1", 36), ("kxk", 36), ("dw", 20), ("grouped", 12)):
             out += [_conv_bench(rng, variant, plain) for _ in range(n(k if not plain else k // 2))]
     out += [_gemm_bench(rng) for _ in range(n(24))]
-    for kind, k in (("pool", 12), ("bn", 8), ("elementwise", 20), ("concat", 8), ("mean", 8), ("gate", 10),
+    for kind, k in (("pool", 12), ("bn", 8), ("elementwise", 28), ("concat", 8), ("mean", 8), ("gate", 10),
                     ("small", 8), ("softmax", 6), ("layernorm", 6), ("transpose", 6)):
         out += [_other_bench(rng, kind) for _ in range(n(k))]
     return out
