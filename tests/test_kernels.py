@@ -189,3 +189,20 @@ def test_bn_kept_and_folded_predict_alike(profile):
     unfused = dataclasses.replace(load_profile("v100"), fuse=False)
     if profile == "v100":  # charged one op at a time, the BN and the add would cost their own bytes
         assert morphonnx.cost_model(morphonnx.load(conv_block())).resource("latency", unfused) > 1.2 * kept
+
+
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("c", [(16, 24), (13, 21)])  # blocked kernels; plain ones (unaligned channels)
+def test_a_residual_of_two_convs_charges_each_conv_once(swap, c):
+    """conv3x3(x) + conv1x1(x) → Relu: onnxruntime fuses one conv with the add and the ReLU; the
+    fused kernel's MACs go to the conv it was made from, not to the other branch's conv."""
+    net = _Net(np.random.default_rng(0))
+    a = net.conv("x", c[0], c[1], 3, 1, 1, False)
+    b = net.conv("x", c[0], c[1], 1, 1, 1, False)
+    y = net.node("Relu", [net.node("Add", [b, a] if swap else [a, b])])
+    m = net.model({"x": (1, c[0], 14, 14)}, y)[0]
+    g = morphonnx.load(m)
+    km = kernel_map(g, optimized_model(m))
+    for conv, variant in ((g.producer[a], "kxk"), (g.producer[b], "k1")):
+        heavy = [cls for cls, own in km.kernels.get(conv, ()) if own and "Conv" in cls]
+        assert len(heavy) == 1 and heavy[0].endswith(variant), (conv, km.kernels)
