@@ -48,9 +48,6 @@ class KernelMap:
     kernels: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
 
-    def classes(self) -> set[str]:
-        return {c for ks in self.kernels.values() for c, _ in ks}
-
 
 def optimized_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     """onnxruntime's CPU graph of a model (a file, or a ModelProto with its weights), all
@@ -74,7 +71,7 @@ def optimized_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelPro
 def runtime_kernels(graph: Graph) -> KernelMap:
     """The kernel map of a loaded graph (asked of onnxruntime once per graph): its file, or the
     ModelProto it was loaded from."""
-    if getattr(graph, "_kernel_map", None) is None:
+    if graph._kernel_map is None:
         source = graph.path if graph.path is not None else graph.source
         if source is None:
             raise ValueError("the runtime's kernels need the model the graph was loaded from")

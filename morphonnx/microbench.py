@@ -332,7 +332,7 @@ def calibrate_kernels(base: Profile, quick: bool = False, progress: Callable[[st
     say(f"kernel microbenchmarks: {len(benches)} models")
     start = time.perf_counter()
     for b in benches:
-        b.features = features(b.model, base.channel_block or 16)
+        b.features = features(b.model, base.block)
     measure(benches, say)
     profile, report = fit(benches, base)
     say(f"kernel model: {len(profile.kernels)} classes in {time.perf_counter() - start:.0f}s; held out "

@@ -249,7 +249,7 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
         scale = np.zeros((len(ops), 4))  # per MAC, read byte, written byte, weight byte
         overhead = profile.run_overhead_us * 1e-6
         for k, c in enumerate(ops):
-            for cls, *factors in kernel_parts(c, profile.channel_block or 16):
+            for cls, *factors in kernel_parts(c, profile.block):
                 o, per = profile.kernel_terms(cls)
                 scale[k] += np.array(factors) * per
                 overhead += o
@@ -260,10 +260,11 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
         profile.prepare(costs)
         eff = np.array([profile.efficiency_of(c) if profile.efficiency else 1.0 for c in ops])
         peak = np.array([profile.peak(c.dtype)[0] for c in ops])
-        live = np.array([0.0 if profile.latency(c)[1] == "fused" else 1.0 for c in ops])
+        bounds = [profile.latency(c)[1] for c in ops]
+        live = np.array([0.0 if b == "fused" else 1.0 for b in bounds])
         forms = [form(coeffs["flops"], live / (peak * eff)),
                  form(coeffs["bytes"], live / (profile.bandwidth_gbs * 1e9 * eff))]
-        overhead = profile.op_overhead_us * 1e-6 * sum(1 for c in ops if profile.latency(c)[1] not in ("none", "fused")) \
+        overhead = profile.op_overhead_us * 1e-6 * sum(1 for b in bounds if b not in ("none", "fused")) \
             + profile.run_overhead_us * 1e-6
     else:
         forms, overhead = [form(coeffs[resource])], 0.0

@@ -48,6 +48,11 @@ class Profile:
     # kernel (a BN, activation or bias after a conv; `kernels.standard_fusions`).
     fuse: bool = True
 
+    @property
+    def block(self) -> int:
+        """Channels per block of the blocked kernels a kernel model pads to (16 when not given)."""
+        return self.channel_block or 16
+
     def kernel_terms(self, cls: str) -> tuple[float, np.ndarray]:
         """(seconds, seconds per unit of each of `KERNEL_WORK`) of one kernel of a class."""
         k = self.kernels.get(cls) or self.kernels.get("*") or {}
@@ -58,7 +63,7 @@ class Profile:
         if not cost.runtime:
             return 0.0, "fused" if cost.runtime is not None else "none"
         overhead, work = 0.0, np.zeros(len(KERNEL_RATES))
-        for cls, amounts in kernel_work(cost, self.channel_block or 16):
+        for cls, amounts in kernel_work(cost, self.block):
             o, per = self.kernel_terms(cls)
             overhead, work = overhead + o, work + amounts * per
         compute, memory = float(work[0]), float(work[1:].sum())
