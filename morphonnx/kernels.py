@@ -47,6 +47,15 @@ class KernelMap:
 
     kernels: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
+    # per runtime node (by name): (the op it is mapped to, its class, whether it is the op's own work)
+    nodes: dict[str, tuple[str, str, bool]] = field(default_factory=dict)
+
+    def add(self, node: onnx.NodeProto, op: str, cls: str, own: bool) -> None:
+        """Map one runtime node onto an op."""
+        self.kernels.setdefault(op, []).append((cls, own))
+        # a node the runtime made without a name (an inlined function's) is kept, under a key
+        # no profiler event carries
+        self.nodes[node.name or f"#{len(self.nodes)}"] = (op, cls, own)
 
 
 def optimized_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
@@ -87,8 +96,12 @@ def kernel_class(node: onnx.NodeProto, graph: Graph | None = None, op: str | Non
     t = node.op_type
     if t in ("Conv", "FusedConv"):
         group = node_attr(node, "group", 1) or 1
+        strided = any(d > 1 for d in node_attr(node, "strides", None) or ())
+        if group > 1 and _depthwise(graph, op):
+            # one channel in and out per group; strided ones take another path in the runtime
+            return f"{prefix}Conv.dw" + (".s2" if strided else "")
         if group > 1:
-            return f"{prefix}Conv.{'dw' if _depthwise(graph, op, group) else 'grouped'}"
+            return f"{prefix}Conv.grouped"
         k = node_attr(node, "kernel_shape", None)
         return f"{prefix}Conv.{'k1' if k is not None and all(d == 1 for d in k) else 'kxk'}"
     if t in ("Gemm", "FusedGemm", "MatMul", "FusedMatMul"):
@@ -102,13 +115,14 @@ def kernel_class(node: onnx.NodeProto, graph: Graph | None = None, op: str | Non
     return prefix + t
 
 
-def _depthwise(graph: Graph | None, op: str | None, group: int) -> bool:
-    """One input channel per group: read from the loaded op (a runtime BatchNormalization run as
-    a blocked conv has no such op: it is one channel per group)."""
+def _depthwise(graph: Graph | None, op: str | None) -> bool:
+    """One input and one output channel per group: read from the loaded op (a runtime
+    BatchNormalization run as a blocked conv has no such op: it is one channel per group)."""
     if graph is None or op is None or graph.nodes[op].op_type not in ("Conv", "ConvTranspose"):
         return True
     info = graph.info(graph.nodes[op].input[1])
-    return info is not None and info.shape is not None and len(info.shape) > 1 and info.shape[1] == 1
+    return info is not None and info.shape is not None and len(info.shape) > 1 and info.shape[1] == 1 and \
+        info.shape[0] == (node_attr(graph.nodes[op], "group", 1) or 1)
 
 
 def _tensor_of(node: onnx.NodeProto, graph: Graph) -> str | None:
@@ -146,14 +160,14 @@ def kernel_map(graph: Graph, optimized: onnx.ModelProto) -> KernelMap:
         if _heavy(cls) and graph.nodes[op].op_type not in HEAVY:
             moved.append((op, cls, n))
             continue
-        km.kernels.setdefault(op, []).append((cls, not cls.startswith("nchwc.Reorder")))
+        km.add(n, op, cls, not cls.startswith("nchwc.Reorder"))
     for op, cls, n in moved:  # the kernel of a fused chain carries its heavy op's cost
         anchor = _anchor(graph, op, km, n)
-        km.kernels.setdefault(anchor, []).append((kernel_class(n, graph, anchor), True))
+        km.add(n, anchor, kernel_class(n, graph, anchor), True)
     for n in pending:  # a reorder into the blocked layout, a bias computed at run time: the op that reads it
         op = _reader(n, readers, graph)
         if op is not None:
-            km.kernels.setdefault(op, []).append((kernel_class(n, graph, op), False))
+            km.add(n, op, kernel_class(n, graph, op), False)
     for name in graph.nodes:
         km.roles[name] = "kernel" if name in km.kernels else "fused"
     return km

@@ -2,21 +2,22 @@
 
 `benchmarks()` builds small models that cover the space of the kernels onnxruntime runs on a
 CPU: convolutions of every variant (1x1, kxk, depthwise, grouped) at channel counts drawn
-log-uniformly (aligned to the SIMD block or not, as pruned models have them), spatial sizes,
-strides and kernel sizes, in both forms a runtime meets (fused into its blocked NCHWc kernels,
-and the plain kernels it runs when an export computes the bias at run time), matrix products,
-pools, normalizations, elementwise ops, concats, reductions, softmax and transposes.
-`measure()` times each (onnxruntime, default threads, all optimizations, median of runs, the
-lowest of five rounds) and
-`fit()` gives every kernel class the model
+log-uniformly (half of them multiples of 16, as unpruned networks have them, the rest as
+pruned ones do), spatial sizes, strides and kernel sizes, in both forms a runtime meets (fused
+into its blocked NCHWc kernels, and the plain kernels it runs when an export computes the bias
+at run time), matrix products, pools, normalizations, elementwise ops, concats, reductions,
+softmax and transposes. `measure()` times each whole run (onnxruntime, default threads, all
+optimizations, median of runs, the lowest of five rounds) and each of its kernels
+(onnxruntime's profiler, `node_seconds`). `fit()` gives every kernel class the model
 
     seconds = overhead + MACs / mac_rate + bytes / byte_rate
 
-with the MACs and bytes of the op that carries the kernel (`kernels.kernel_map`), fitted by
-non-negative least squares on relative error: monotone (more work is never faster) and
-physical (a class never computes faster than the measured peak). A fifth of the benchmarks is
-held out first and predicted by the fit on the rest: that error is reported and written into
-the profile's sources; the profile's model is then fitted on all of them.
+with the MACs and bytes of the op that carries the kernel (`kernels.kernel_map`), fitted on
+that class's own kernel times by non-negative least squares on relative error: monotone (more
+work is never faster) and physical (a class never computes faster than the measured peak);
+then a run's own cost, and the profiler's cost per kernel, on whole runs (`KernelFit`). A
+fifth of the benchmarks is held out first and predicted by the fit on the rest: that error is
+reported and written into the profile's sources; the profile's model is then fitted on all.
 """
 from __future__ import annotations
 
@@ -32,21 +33,24 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .costs import cost_model
 from .graph import load
-from .profiles import KERNEL_RATES, Profile, kernel_work
+from .profiles import KERNEL_RATES, Profile, kernel_factors
 
 MIN_SAMPLES = 4  # a class with fewer benchmarks shares the pooled "*" model
-WIDTH = 1 + len(KERNEL_RATES)  # per class: kernels, then one amount per rate
+WIDTH = 1 + len(KERNEL_RATES)  # per class: overhead, then one term per rate
 
 
 @dataclass
 class Bench:
-    """One benchmark model, its feeds, and what it measured."""
+    """One benchmark model, its feeds, and what it measured: the seconds of a run, and of each
+    runtime kernel (onnxruntime's profiler, by node name)."""
 
     name: str
     model: onnx.ModelProto
     feeds: dict[str, np.ndarray]
     seconds: float = 0.0
-    features: dict[str, np.ndarray] | None = None  # class → [kernels, MACs, bytes]
+    nodes: dict[str, tuple[str, np.ndarray]] | None = None  # runtime node → (class, [MACs, bytes...])
+    node_seconds: dict[str, float] | None = None
+    network: bool = False  # a whole random network (its kernels in context), not one kernel
 
 
 class _Net:
@@ -96,8 +100,11 @@ class _Net:
         return m, feeds
 
 
-def _channels(rng: np.random.Generator, lo: int, hi: int) -> int:
-    return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+def _channels(rng: np.random.Generator, lo: int, hi: int, aligned: float = 0.0) -> int:
+    """A channel count drawn log-uniformly; with probability `aligned` a multiple of 16 (what
+    unpruned networks have: the runtime's blocked kernels take those)."""
+    c = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+    return max(16, int(round(c / 16)) * 16) if rng.random() < aligned else c
 
 
 def _conv_bench(rng: np.random.Generator, variant: str, plain: bool) -> Bench:
@@ -107,11 +114,11 @@ def _conv_bench(rng: np.random.Generator, variant: str, plain: bool) -> Bench:
     hw = int(rng.choice([7, 14, 28, 56, 112]))
     stride = int(rng.choice([1, 1, 2]))
     if variant == "dw":
-        c = _channels(rng, 8, 1200)
+        c = _channels(rng, 8, 1200, 0.5)
         cin = cout = group = c
         k = int(rng.choice([3, 3, 5]))
     else:
-        cin, cout = _channels(rng, 4, 1024), _channels(rng, 4, 1024)
+        cin, cout = _channels(rng, 4, 1024, 0.5), _channels(rng, 4, 1024, 0.5)
         k = 1 if variant == "k1" else int(rng.choice([3, 3, 3, 5, 7]))
         group = 1
         if variant == "grouped":
@@ -130,13 +137,81 @@ def _conv_bench(rng: np.random.Generator, variant: str, plain: bool) -> Bench:
     chained = not plain and rng.random() < 0.5
     if chained:  # a second conv in the blocked layout: no reorder between the two
         out_hw = -(-hw // stride)
-        c2 = cout if variant == "dw" else group * max(1, min(_channels(rng, 4, 1024),
+        c2 = cout if variant == "dw" else group * max(1, min(_channels(rng, 4, 1024, 0.5),
                                                              int(3e8 / (cout * k * k * out_hw ** 2))) // group)
         y = net.node("Relu", [net.conv(y, cout, c2, k, 1, cout if variant == "dw" else group, False)])
     m, feeds = net.model({"x": (1, cin, hw, hw)}, y)
     name = f"{'plain' if plain else 'fused'} conv {variant} {cin}->{cout} k{k} s{stride} g{group} {hw}x{hw}" + \
         (" +res" if residual else "") + (f" ->{c2}" if chained else "")
     return Bench(name, m, feeds)
+
+
+def _network_bench(rng: np.random.Generator, plain: bool) -> Bench:
+    """A random convolutional network: a stem, four stages of random blocks (basic, bottleneck,
+    inverted residual with or without squeeze-excitation, dense, inception-like) at random
+    widths (all multiples of 16, as unpruned networks, or none, as pruned ones), a classifier.
+    Its kernels run in the context a network gives them: other layers' weights and activations
+    in the caches, the runtime's reorders where they fall."""
+    net = _Net(rng)
+    aligned = rng.random() < 0.5
+    width = lambda lo, hi: _channels(rng, max(4, int(lo)), max(5, int(hi)), 1.0 if aligned else 0.0)
+    act = lambda y: net.node(str(rng.choice(["Relu", "Relu", "Clip", "HardSwish", "Sigmoid"])), [y])
+
+    def conv(x, cin, cout, k, stride=1, group=1):
+        y = net.conv(x, cin, cout, k, stride, group, plain)
+        return net.bn(y, cout) if plain else y
+
+    def block(x, cin, cout, stride):
+        kind = str(rng.choice(["basic", "bottleneck", "inverted", "inverted_se", "dense", "inception"]))
+        residual = stride == 1 and cin == cout
+        if kind == "basic":
+            y = conv(act(conv(x, cin, cout, 3, stride)), cout, cout, 3)
+        elif kind == "bottleneck":
+            mid = width(cout / 4, cout / 2)
+            y = conv(act(conv(act(conv(x, cin, mid, 1)), mid, mid, 3, stride)), mid, cout, 1)
+        elif kind.startswith("inverted"):
+            mid = width(cin * 2, cin * 6)
+            k = int(rng.choice([3, 5]))
+            y = act(conv(act(conv(x, cin, mid, 1)), mid, mid, k, stride, mid))
+            if kind == "inverted_se":
+                squeeze = width(mid / 8, mid / 4)
+                g = net.node("GlobalAveragePool", [y])
+                g = net.conv(net.node("Relu", [net.conv(g, mid, squeeze, 1, 1, 1, False)]), squeeze, mid, 1, 1, 1, False)
+                y = net.node("Mul", [y, net.node(str(rng.choice(["Sigmoid", "HardSigmoid"])), [g])])
+            y = conv(y, mid, cout, 1)
+        elif kind == "dense":
+            grow = cout - cin if cout > cin else width(16, 48)
+            x2 = conv(act(x), cin, grow, 3)
+            y, cout = net.node("Concat", [x, x2], axis=1), cin + grow
+            if stride == 2:
+                y = net.node("AveragePool", [y], kernel_shape=[2, 2], strides=[2, 2])
+            return y, cout
+        else:
+            a = width(cout / 4, cout / 2)
+            b = cout - a
+            p = net.node("MaxPool", [x], kernel_shape=[3, 3], strides=[stride, stride], pads=[1, 1, 1, 1])
+            y = net.node("Concat", [act(conv(x, cin, a, 1, stride)), act(conv(p, cin, b, 3))], axis=1)
+            return y, cout
+        if residual:
+            y = net.node("Add", [y, x])
+        return act(y), cout
+
+    hw = int(rng.choice([96, 128, 160, 224]))
+    c = width(16, 48)
+    y = net.node("Relu", [conv("x", 3, c, 3, 2)])
+    if rng.random() < 0.5:
+        y = net.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    for stage in range(4):
+        target = width(c * 1.2, c * 2.5) if stage else c
+        for i in range(int(rng.integers(1, 4))):
+            y, c = block(y, c, target if i == 0 else c, 2 if i == 0 and stage else 1)
+    y = net.node("Flatten", [net.node("GlobalAveragePool", [y])])
+    classes = _channels(rng, 10, 1000)
+    w = net.const((rng.standard_normal((c, classes)) * 0.02).astype(np.float32))
+    y = net.node("Add", [net.node("MatMul", [y, w]), net.const(np.zeros(classes, np.float32), "b")])
+    m, feeds = net.model({"x": (1, 3, hw, hw)}, y)
+    return Bench(f"{'plain' if plain else 'fused'} network {'aligned' if aligned else 'unaligned'} {hw}x{hw} "
+                 f"({len(net.nodes)} ops)", m, feeds, network=True)
 
 
 def _gemm_bench(rng: np.random.Generator) -> Bench:
@@ -217,6 +292,7 @@ def benchmarks(seed: int = 0, scale: float = 1.0) -> list[Bench]:
         for variant, k in (("k1", 36), ("kxk", 36), ("dw", 20), ("grouped", 12)):
             out += [_conv_bench(rng, variant, plain) for _ in range(n(k if not plain else k // 2))]
     out += [_gemm_bench(rng) for _ in range(n(24))]
+    out += [_network_bench(rng, plain) for plain in (False, True) for _ in range(n(12))]
     for kind, k in (("pool", 12), ("bn", 8), ("elementwise", 28), ("concat", 8), ("mean", 8), ("gate", 10),
                     ("small", 8), ("softmax", 6), ("layernorm", 6), ("transpose", 6)):
         out += [_other_bench(rng, kind) for _ in range(n(k))]
@@ -224,102 +300,204 @@ def benchmarks(seed: int = 0, scale: float = 1.0) -> list[Bench]:
 
 
 def measure(benches: list[Bench], progress: Callable[[str], None] | None = None, rounds: int = 5) -> None:
-    """Time every benchmark (default threads, all optimizations): the median of a round of at
-    least 30 runs and 0.1 s, after 3 warm-ups; the lowest of `rounds` such medians, since a busy
-    moment of the machine only ever slows a round down."""
-    from .calibrate import _session
+    """Time every benchmark as a user times a model (one session, runs back to back; default
+    threads, all optimizations): the median of a round of at least 30 runs and 0.05 s after 3
+    warm-ups, the lowest of `rounds` rounds, since a busy moment of the machine only ever slows a
+    round down; then each of its kernels the same way under onnxruntime's profiler."""
+    from .calibrate import _run_times, _session
     say = progress or (lambda msg: None)
     for k, b in enumerate(benches, 1):
-        b.seconds = median_seconds(_session(b.model), b.feeds, rounds, runs=30, min_seconds=0.1)
+        s = _session(b.model)
+        first = _run_times(s, b.feeds, 3, 0)
+        n = max(30, min(400, int(0.05 / max(min(first), 1e-6))))
+        b.seconds = float(min(np.median(_run_times(s, b.feeds, n, 0)) for _ in range(rounds)))
+        del s
+        b.node_seconds = node_seconds(b.model, b.feeds, n, rounds)
         if k % 25 == 0 or k == len(benches):
             say(f"  measured {k}/{len(benches)} benchmarks")
 
 
-def median_seconds(sess, feeds: dict, rounds: int = 3, runs: int = 15, min_seconds: float = 0.05) -> float:
-    """The lowest over `rounds` of the median of >= `runs` runs (and >= `min_seconds`) of a session."""
-    from .calibrate import _run_times
-    first = _run_times(sess, feeds, 3, 0)
-    n = max(runs, min(400, int(min_seconds / max(min(first), 1e-6))))
-    return float(min(np.median(_run_times(sess, feeds, n, 0)) for _ in range(rounds)))
+class _Profiled:
+    """An onnxruntime session whose kernels its profiler times."""
+
+    def __init__(self, model: onnx.ModelProto):
+        import os
+        import tempfile
+
+        import onnxruntime as ort
+        self.folder = tempfile.mkdtemp(prefix="morphonnx.profile.")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(self.folder, "p")
+        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def run(self, feeds: dict, times: int) -> None:
+        for _ in range(times):
+            self.session.run(None, feeds)
+
+    def node_seconds(self, batches: list[int]) -> dict[str, float]:
+        """Per runtime node (by name): the lowest over the batches of runs (after the first, the
+        warm-ups) of the median seconds of its kernel in the batch."""
+        import json
+        with open(self.session.end_profiling(), encoding="utf-8") as f:
+            events = json.load(f)
+        times: dict[str, list[float]] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+                times.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"] * 1e-6)
+        out = {}
+        ends = np.cumsum(batches)
+        for name, ts in times.items():
+            if len(ts) == ends[-1]:  # one event per run: split into the batches
+                out[name] = float(min(np.median(ts[lo:hi]) for lo, hi in zip(ends[:-1], ends[1:])))
+        return out
+
+    def close(self) -> None:
+        import shutil
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def features(model: onnx.ModelProto | str, block: int = 16) -> dict[str, np.ndarray]:
-    """Per kernel class: [kernels, MACs, bytes read, written, of weights] of the runtime kernels
-    of a model (the terms of `Profile.kernel_latency`)."""
-    costs = cost_model(load(model))
-    costs.attach_runtime()
-    out: dict[str, np.ndarray] = {}
-    for c in costs.ops:
-        for cls, amounts in kernel_work(c, block):
-            out[cls] = out.get(cls, np.zeros(WIDTH)) + np.concatenate([[1.0], amounts])
-    return out
+def node_seconds(model: onnx.ModelProto, feeds: dict, runs: int = 30, rounds: int = 3) -> dict[str, float]:
+    """Per runtime node (by name): the median seconds of its kernel over `runs` runs profiled by
+    onnxruntime (after 3 warm-ups), the lowest of `rounds` such medians."""
+    p = _Profiled(model)
+    try:
+        p.run(feeds, 3 + runs * rounds)
+        return p.node_seconds([3] + [runs] * rounds)
+    finally:
+        p.close()
 
 
-def _design(benches: list[Bench], classes: list[str]) -> np.ndarray:
-    """Columns: run overhead, then per class its kernels and amounts (`features`); a class not
-    fitted on its own goes to "*"."""
-    index = {c: i for i, c in enumerate(classes)}
-    a = np.zeros((len(benches), 1 + WIDTH * len(classes)))
-    a[:, 0] = 1.0
-    for r, b in enumerate(benches):
-        for cls, f in b.features.items():
-            j = 1 + WIDTH * index.get(cls, index["*"])
-            a[r, j: j + WIDTH] += f
-    return a
+def node_work(model: onnx.ModelProto | str, block: int = 16) -> dict[str, tuple[str, np.ndarray]]:
+    """Per runtime node of a model (by name): its kernel class and [MACs, bytes read, written,
+    of weights] (the terms of `Profile.kernel_latency`)."""
+    from .kernels import runtime_kernels
+    graph = load(model)
+    costs = cost_model(graph)
+    by_name = {c.name: c for c in costs.ops}
+    amounts = lambda c: np.array([c.macs, c.read_bytes, c.write_bytes, c.weight_bytes], dtype=float)
+    return {node: (cls, amounts(by_name[op]) * np.array(kernel_factors(by_name[op], cls, own, block)))
+            for node, (op, cls, own) in runtime_kernels(graph).nodes.items() if op in by_name}
 
 
-def _solve(a: np.ndarray, t: np.ndarray, min_s_per_mac: float) -> np.ndarray:
-    """NNLS on relative error with every s-per-MAC at least `min_s_per_mac` (the peak)."""
+def _solve(x: np.ndarray, t: np.ndarray, min_s_per_mac: float) -> np.ndarray:
+    """[overhead, s per MAC, per byte read, written, of weights] of one class: NNLS on relative
+    error, every s-per-MAC at least `min_s_per_mac` (the peak)."""
     from .calibrate import nnls
-    floor = np.zeros(a.shape[1])
-    floor[2::WIDTH] = min_s_per_mac
-    rest = t - a @ floor
-    w = nnls(a / t[:, None], rest / t)
+    a = np.concatenate([np.ones((len(t), 1)), x], axis=1)
+    floor = np.zeros(WIDTH)
+    floor[1] = min_s_per_mac
+    w = nnls(a / t[:, None], (t - a @ floor) / t)
     return w + floor
 
 
+def _spans(some: list[tuple[np.ndarray, float]], every: list[tuple[np.ndarray, float]]) -> bool:
+    """Enough kernels in `some`, from the smallest tenth to the largest tenth of `every`'s
+    sizes (MACs and bytes)."""
+    if len(some) < MIN_SAMPLES:
+        return False
+    size = lambda v: np.array([w.sum() for w, _ in v])
+    lo, hi = np.quantile(size(every), [0.1, 0.9])
+    return size(some).min() <= lo and size(some).max() >= hi
+
+
+class KernelFit:
+    """The fitted kernel model: per class [overhead, s per MAC, per byte read, written, of
+    weights] ("*" for classes with fewer than MIN_SAMPLES kernels), and per run a fixed cost."""
+
+    def __init__(self, benches: list[Bench], peak_macs: float, run_overhead: float):
+        def samples_of(group: list[Bench]) -> dict[str, list[tuple[np.ndarray, float]]]:
+            out: dict[str, list[tuple[np.ndarray, float]]] = {}
+            for b in group:
+                for node, (cls, work) in b.nodes.items():
+                    if b.node_seconds.get(node, 0) > 0:
+                        out.setdefault(cls, []).append((work, b.node_seconds[node]))
+            return out
+
+        # a kernel runs slower inside a network (other layers' weights and activations in the
+        # caches) than alone: a class is fitted on its kernels inside the random networks where
+        # they have enough of them, of sizes that span the class's benchmarks (a network's only
+        # matrix product is its classifier: not what a transformer's are), else on all its kernels
+        networks = [b for b in benches if b.network]
+        samples, in_context = samples_of(benches), samples_of(networks)
+        floor = 1.0 / peak_macs
+        solve = lambda v: _solve(np.array([w for w, _ in v]), np.array([t for _, t in v]), floor)
+        self.terms = {"*": solve([s for v in samples.values() for s in v])}
+        for cls, v in samples.items():
+            if _spans(in_context.get(cls, []), v):
+                v = in_context[cls]
+            if len(v) >= MIN_SAMPLES:
+                self.terms[cls] = solve(v)
+        # a run costs its own overhead (`run_overhead`, measured on chains of tiny ops) beyond its
+        # kernels; the profiler's kernel times are off from a run without it by a cost per kernel
+        # and a share: both fitted by least squares on the relative error of whole runs (of the
+        # networks where there are some)
+        runs = networks or benches
+        a = np.array([[len(b.nodes), self.kernels_seconds(b)] for b in runs])
+        t = np.array([b.seconds for b in runs])
+        t = np.maximum(t - run_overhead, 0.1 * t)
+        per_kernel, scale = np.linalg.lstsq(a / t[:, None], np.ones(len(t)), rcond=None)[0]
+        self.run_overhead, self.per_kernel, self.scale = run_overhead, float(per_kernel), float(scale)
+        for w in self.terms.values():
+            w *= scale
+            w[0] = max(0.0, w[0] + per_kernel)
+            w[1] = max(w[1], floor)
+
+    def kernel_seconds(self, cls: str, work: np.ndarray) -> float:
+        w = self.terms.get(cls, self.terms["*"])
+        return float(w[0] + work @ w[1:])
+
+    def kernels_seconds(self, b: Bench) -> float:
+        return sum(self.kernel_seconds(cls, work) for cls, work in b.nodes.values())
+
+    def seconds(self, b: Bench) -> float:
+        """Predicted seconds of a run of a benchmark."""
+        return self.run_overhead + self.kernels_seconds(b)
+
+
 def fit(benches: list[Bench], base: Profile, seed: int = 0) -> tuple[Profile, dict]:
-    """The kernel model of every class with enough benchmarks ("*" for the rest), the held-out
-    report, and the profile that carries them."""
-    counts: dict[str, int] = {}
-    for b in benches:
-        for cls in b.features:
-            counts[cls] = counts.get(cls, 0) + 1
-    classes = sorted(c for c, n in counts.items() if n >= MIN_SAMPLES) + ["*"]
-    t = np.array([b.seconds for b in benches])
+    """The kernel model of every class with enough kernels measured ("*" for the rest), the
+    held-out report, and the profile that carries them."""
     peak = base.peak_gflops.get("fp32", 1.0) * 1e9 / 2  # MACs per second
+    run = base.run_overhead_us * 1e-6
     rng = np.random.default_rng(seed)
     held = rng.random(len(benches)) < 0.2
-    a = _design(benches, classes)
-    w = _solve(a[~held], t[~held], 1.0 / peak)
-    err = np.abs(a[held] @ w - t[held]) / t[held]
-    w = _solve(a, t, 1.0 / peak)
-    fit_err = np.abs(a @ w - t) / t
-    report = {"benchmarks": len(benches), "held_out": int(held.sum()),
+    train = [b for b, h in zip(benches, held) if not h]
+    test = [b for b, h in zip(benches, held) if h]
+    model = KernelFit(train, peak, run)
+    err = np.array([abs(model.seconds(b) - b.seconds) / b.seconds for b in test])
+    model = KernelFit(benches, peak, run)
+    fit_err = np.array([abs(model.seconds(b) - b.seconds) / b.seconds for b in benches])
+    report = {"benchmarks": len(benches), "held_out": len(test),
               "held_out_median_error": float(np.median(err)) if err.size else 0.0,
               "held_out_p90_error": float(np.quantile(err, 0.9)) if err.size else 0.0,
               "held_out_within_10pct": float(np.mean(err <= 0.10)) if err.size else 0.0,
               "fit_median_error": float(np.median(fit_err))}
+    used = {cls: np.zeros(WIDTH - 1, bool) for cls in model.terms}
+    for b in benches:
+        for cls, work in b.nodes.values():
+            used[cls if cls in used else "*"] |= work > 0
+            used["*"] |= work > 0
     kernels = {}
-    present = a.any(axis=0)
-    for i, cls in enumerate(classes):
-        j = 1 + WIDTH * i
-        entry = {"overhead_us": round(float(w[j]) * 1e6, 3)}
+    for cls, w in sorted(model.terms.items(), key=lambda kv: (kv[0] == "*", kv[0])):
+        entry = {"overhead_us": round(float(w[0]) * 1e6, 3)}
         for k, rate in enumerate(KERNEL_RATES, 1):
             # a term the fit drove to nothing (over 1000x the memory bandwidth) is left out
-            if present[j + k] and w[j + k] * base.bandwidth_gbs * 1e9 * 1000 > 1:
-                entry[rate] = round(float(1e-9 / w[j + k]), 3)
+            if used[cls][k - 1] and w[k] * base.bandwidth_gbs * 1e9 * 1000 > 1:
+                entry[rate] = round(float(1e-9 / w[k]), 3)
         kernels[cls] = entry
     when = datetime.date.today().isoformat()
-    how = (f"fitted by morphonnx calibrate --kernels on {when}: {len(benches)} kernel microbenchmarks "
-           f"(onnxruntime, default threads, lowest of 5 medians of >= 30 runs and 0.1 s); held out {report['held_out']}: median error "
+    how = (f"fitted by morphonnx calibrate --kernels on {when}: {len(benches)} kernel microbenchmarks, "
+           f"each class on its own kernels' times (onnxruntime's profiler; inside the random networks where they "
+           f"have enough), the profiler's own cost on whole runs (onnxruntime, default threads; the lowest of 5 "
+           f"medians of >= 30 runs and 0.05 s); held out {report['held_out']} benchmarks: median error "
            f"{report['held_out_median_error']:.1%}, 90th percentile {report['held_out_p90_error']:.1%}, "
            f"{report['held_out_within_10pct']:.0%} within 10%")
     sources = dict(base.sources)
     sources["kernels"] = how
-    sources["run_overhead_us"] = how
     profile = Profile(base.key, base.name, dict(base.peak_gflops), base.bandwidth_gbs, op_overhead_us=0.0,
-                      kind=base.kind, sources=sources, run_overhead_us=round(float(w[0]) * 1e6, 3),
+                      kind=base.kind, sources=sources, run_overhead_us=round(float(model.run_overhead) * 1e6, 3),
                       channel_block=base.channel_block, kernels=kernels)
     return profile, report
 
@@ -332,7 +510,7 @@ def calibrate_kernels(base: Profile, quick: bool = False, progress: Callable[[st
     say(f"kernel microbenchmarks: {len(benches)} models")
     start = time.perf_counter()
     for b in benches:
-        b.features = features(b.model, base.block)
+        b.nodes = node_work(b.model, base.block)
     measure(benches, say)
     profile, report = fit(benches, base)
     say(f"kernel model: {len(profile.kernels)} classes in {time.perf_counter() - start:.0f}s; held out "

@@ -150,21 +150,27 @@ class Profile:
 
 
 def kernel_parts(cost: OpCost, block: int = 16):
-    """Per runtime kernel an op carries: (class, MACs factor, read, write, weight-bytes factors).
+    """Per runtime kernel an op carries: (class, MACs factor, read, write, weight-bytes factors)
+    (`kernel_factors`)."""
+    for cls, own in cost.runtime or ():
+        yield (cls, *kernel_factors(cost, cls, own, block))
+
+
+def kernel_factors(cost: OpCost, cls: str, own: bool, block: int = 16) -> tuple[float, float, float, float]:
+    """The share of an op's MACs, bytes read, written and of weights that one of its runtime
+    kernels does.
 
     The op's own kernel does its MACs (a blocked NCHWc convolution on channel counts rounded up
     to the block, `block` wide) and moves all its bytes; a reorder into the blocked layout moves
     the op's input, one out of it the op's output; a helper (a bias computed at run time) only
     costs its overhead."""
-    for cls, main in cost.runtime or ():
-        if main:
-            yield cls, _padding(cls, cost.channels, block), 1.0, 1.0, 1.0
-        elif cls.endswith("ReorderInput"):
-            yield cls, 0.0, 1.0, 0.0, 0.0
-        elif cls.endswith("ReorderOutput"):
-            yield cls, 0.0, 0.0, 1.0, 0.0
-        else:
-            yield cls, 0.0, 0.0, 0.0, 0.0
+    if own:
+        return _padding(cls, cost.channels, block), 1.0, 1.0, 1.0
+    if cls.endswith("ReorderInput"):
+        return 0.0, 1.0, 0.0, 0.0
+    if cls.endswith("ReorderOutput"):
+        return 0.0, 0.0, 1.0, 0.0
+    return 0.0, 0.0, 0.0, 0.0
 
 
 def _padding(cls: str, channels: tuple[int, int] | None, block: int) -> float:
@@ -174,7 +180,7 @@ def _padding(cls: str, channels: tuple[int, int] | None, block: int) -> float:
         return 1.0
     up = lambda c: -(-c // block) * block / c if c else 1.0
     cin, cout = channels
-    if cls.endswith(".dw"):
+    if ".dw" in cls:
         return up(cout)
     return up(cout) * (up(cin) if cin >= block else 1.0)
 

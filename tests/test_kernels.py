@@ -99,26 +99,42 @@ def test_the_penalty_program_is_the_kernel_model(tmp_path):
 
 
 def test_fit_recovers_a_kernel_model_and_keeps_it_physical():
-    """Synthetic benchmarks from known per-class terms: the fit finds them, and never a class
-    faster than the peak."""
+    """Synthetic benchmarks from known per-class terms, their kernels timed by a profiler that
+    adds 3 µs to each: the fit finds the terms (the run's own cost measured apart), takes the
+    profiler's cost off, fits a class on its kernels inside whole networks where there are
+    some, and never makes a class faster than the peak."""
     rng = np.random.default_rng(0)
     # per class: overhead, seconds per MAC, per byte read, written, of weights
-    truth = {"A": np.array([2e-6, 1 / 100e9, 1 / 20e9, 1 / 10e9, 0.0]), "B": np.array([5e-6, 1 / 50e9, 0.0, 0.0, 1 / 40e9])}
-    benches = []
-    for k in range(120):
-        feats = {}
-        for cls in truth:
-            if rng.random() < 0.7:
-                feats[cls] = np.array([rng.integers(1, 4), rng.uniform(1e6, 1e8), *rng.uniform(1e4, 1e7, 3)])
-        feats = feats or {"A": np.array([1.0, 1e7, 1e5, 1e5, 1e5])}
-        t = 10e-6 + sum(f @ truth[cls] for cls, f in feats.items())
-        benches.append(Bench(f"b{k}", None, None, t, feats))
-    base = Profile("x", "x", {"fp32": 400.0}, 10.0, channel_block=16, sources={})
+    truth = {"A": np.array([2e-6, 1 / 100e9, 1 / 20e9, 1 / 10e9, 0.0]), "B": np.array([5e-6, 1 / 50e9, 0.0, 0.0, 1 / 40e9]),
+             "C": np.array([1e-6, 1 / 900e9, 1 / 5e9, 0.0, 0.0])}  # C: faster than the peak unless bounded
+
+    def synthetic(classes, count, network=False, slower=1.0):
+        out = []
+        for k in range(count):
+            nodes = {f"n{j}": (str(rng.choice(classes)), np.array([rng.uniform(1e6, 1e8), *rng.uniform(1e4, 1e7, 3)]))
+                     for j in range(rng.integers(1, 5) if not network else 6)}
+            kernel = {n: slower * (truth[cls][0] + work @ truth[cls][1:]) for n, (cls, work) in nodes.items()}
+            out.append(Bench(f"b{k}", None, None, 10e-6 + sum(kernel.values()), nodes,
+                             {n: t + 3e-6 for n, t in kernel.items()}, network=network))
+        return out
+
+    base = Profile("x", "x", {"fp32": 400.0}, 10.0, channel_block=16, sources={}, run_overhead_us=10.0)
+    benches = synthetic(["A", "B"], 120)
     p, report = fit(benches, base)
-    assert report["held_out_median_error"] < 0.01
+    assert report["held_out_median_error"] < 0.02
     assert p.kernels["A"]["gmacs"] == pytest.approx(100.0, rel=0.02)
     assert p.kernels["B"]["gmacs"] == pytest.approx(50.0, rel=0.02)
+    assert p.kernels["B"]["overhead_us"] == pytest.approx(5.0, abs=0.5)
+    assert p.run_overhead_us == 10.0
+
+    p, _ = fit(benches + synthetic(["C"], 30), base)
     assert all(k.get("gmacs", 0) <= 200.0 + 1e-6 for k in p.kernels.values())  # peak: 400 GFLOP/s = 200 GMAC/s
+    assert 150.0 <= p.kernels["C"]["gmacs"] <= 200.0  # at the bound, less what the run totals scale
+
+    # whole networks whose class-A kernels run 1.25x slower (in context): A is fitted on those
+    p, _ = fit(benches + synthetic(["A"], 40, network=True, slower=1.25), base)
+    assert p.kernels["A"]["gmacs"] == pytest.approx(80.0, rel=0.03)
+    assert p.kernels["B"]["gmacs"] == pytest.approx(50.0, rel=0.03)  # none in the networks: all its kernels
 
 
 def test_a_kernel_profile_round_trips_and_bad_ones_are_refused(tmp_path):
@@ -206,3 +222,36 @@ def test_a_residual_of_two_convs_charges_each_conv_once(swap, c):
     for conv, variant in ((g.producer[a], "kxk"), (g.producer[b], "k1")):
         heavy = [cls for cls, own in km.kernels.get(conv, ()) if own and "Conv" in cls]
         assert len(heavy) == 1 and heavy[0].endswith(variant), (conv, km.kernels)
+
+
+def test_the_profiler_times_the_kernels_the_map_knows():
+    """Every kernel onnxruntime's profiler times is a node of the kernel map (by name), so the
+    fit can read each class's own kernel times."""
+    from morphonnx.microbench import node_seconds, node_work
+    m, feeds = None, None
+    net = _Net(np.random.default_rng(0))
+    y = net.node("Relu", [net.conv("x", 16, 24, 3, 1, 1, False)])
+    y = net.node("HardSwish", [net.conv(y, 24, 13, 1, 1, 1, False)])  # an op the runtime inlines, nameless
+    m, feeds = net.model({"x": (1, 16, 14, 14)}, y)
+    work = node_work(m, 8)
+    timed = node_seconds(m, feeds, runs=5, rounds=1)
+    named = {n for n in work if not n.startswith("#")}
+    assert named and named <= set(timed) and all(t > 0 for t in timed.values())
+    classes = {work[n][0] for n in named}
+    assert any(c.removeprefix("nchwc.").startswith("Conv.kxk") for c in classes)
+    assert any(w[0] > 0 for _, w in work.values())  # the conv kernels carry the MACs
+
+
+@pytest.mark.parametrize("cin,cout,group,stride,cls", [(32, 32, 32, 1, "Conv.dw"), (32, 32, 32, 2, "Conv.dw.s2"),
+                                                        (8, 32, 8, 1, "Conv.grouped"), (32, 32, 4, 1, "Conv.grouped")])
+def test_depthwise_is_one_channel_in_and_out_per_group(cin, cout, group, stride, cls):
+    """A depthwise kernel reads and writes one channel per group (strided ones run another
+    path); a depth multiplier (more outputs per group) is a grouped conv, blocked or not."""
+    net = _Net(np.random.default_rng(0))
+    y = net.conv("x", cin, cout, 3, stride, group, False)
+    m = net.model({"x": (1, cin, 28, 28)}, y)[0]
+    g = morphonnx.load(m)
+    km = kernel_map(g, optimized_model(m))
+    conv = next(n for n in g.nodes if g.nodes[n].op_type == "Conv")
+    own = [c for c, o in km.kernels[conv] if o]
+    assert [c.removeprefix("nchwc.") for c in own] == [cls]
