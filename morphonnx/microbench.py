@@ -22,7 +22,11 @@ reported and written into the profile's sources; the profile's model is then fit
 from __future__ import annotations
 
 import datetime
+import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -33,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .costs import cost_model
 from .graph import load
-from .profiles import KERNEL_RATES, Profile, kernel_factors
+from .profiles import KERNEL_RATES, Profile, kernel_factors, work_amounts
 
 MIN_SAMPLES = 4  # a class with fewer benchmarks shares the pooled "*" model
 WIDTH = 1 + len(KERNEL_RATES)  # per class: overhead, then one term per rate
@@ -304,26 +308,29 @@ def measure(benches: list[Bench], progress: Callable[[str], None] | None = None,
     threads, all optimizations): the median of a round of at least 30 runs and 0.05 s after 3
     warm-ups, the lowest of `rounds` rounds, since a busy moment of the machine only ever slows a
     round down; then each of its kernels the same way under onnxruntime's profiler."""
-    from .calibrate import _run_times, _session
+    from .calibrate import _session
     say = progress or (lambda msg: None)
     for k, b in enumerate(benches, 1):
-        s = _session(b.model)
-        first = _run_times(s, b.feeds, 3, 0)
-        n = max(30, min(400, int(0.05 / max(min(first), 1e-6))))
-        b.seconds = float(min(np.median(_run_times(s, b.feeds, n, 0)) for _ in range(rounds)))
-        del s
+        b.seconds, n = median_seconds(_session(b.model), b.feeds, rounds, runs=30)
         b.node_seconds = node_seconds(b.model, b.feeds, n, rounds)
         if k % 25 == 0 or k == len(benches):
             say(f"  measured {k}/{len(benches)} benchmarks")
+
+
+def median_seconds(sess, feeds: dict, rounds: int = 3, runs: int = 15, min_seconds: float = 0.05
+                   ) -> tuple[float, int]:
+    """(the lowest over `rounds` of the median of a round, runs per round): a round is >= `runs`
+    runs and >= `min_seconds` of a session, after 3 warm-ups."""
+    from .calibrate import _run_times
+    first = _run_times(sess, feeds, 3, 0)
+    n = max(runs, min(400, int(min_seconds / max(min(first), 1e-6))))
+    return float(min(np.median(_run_times(sess, feeds, n, 0)) for _ in range(rounds))), n
 
 
 class _Profiled:
     """An onnxruntime session whose kernels its profiler times."""
 
     def __init__(self, model: onnx.ModelProto):
-        import os
-        import tempfile
-
         import onnxruntime as ort
         self.folder = tempfile.mkdtemp(prefix="morphonnx.profile.")
         opts = ort.SessionOptions()
@@ -354,7 +361,6 @@ class _Profiled:
         return out
 
     def close(self) -> None:
-        import shutil
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -376,8 +382,7 @@ def node_work(model: onnx.ModelProto | str, block: int = 16) -> dict[str, tuple[
     graph = load(model)
     costs = cost_model(graph)
     by_name = {c.name: c for c in costs.ops}
-    amounts = lambda c: np.array([c.macs, c.read_bytes, c.write_bytes, c.weight_bytes], dtype=float)
-    return {node: (cls, amounts(by_name[op]) * np.array(kernel_factors(by_name[op], cls, own, block)))
+    return {node: (cls, work_amounts(by_name[op]) * np.array(kernel_factors(by_name[op], cls, own, block)))
             for node, (op, cls, own) in runtime_kernels(graph).nodes.items() if op in by_name}
 
 

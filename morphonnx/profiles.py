@@ -185,10 +185,15 @@ def _padding(cls: str, channels: tuple[int, int] | None, block: int) -> float:
     return up(cout) * (up(cin) if cin >= block else 1.0)
 
 
+def work_amounts(cost: OpCost) -> np.ndarray:
+    """[MACs, bytes read, written, of weights] of an op: what the rates of KERNEL_RATES divide."""
+    return np.array([cost.macs, cost.read_bytes, cost.write_bytes, cost.weight_bytes], dtype=float)
+
+
 def kernel_work(cost: OpCost, block: int = 16):
     """(class, [MACs, bytes read, written, of weights]) of each runtime kernel an op carries
     (`kernel_parts`)."""
-    amounts = np.array([cost.macs, cost.read_bytes, cost.write_bytes, cost.weight_bytes], dtype=float)
+    amounts = work_amounts(cost)
     for cls, *factors in kernel_parts(cost, block):
         yield cls, amounts * np.array(factors)
 

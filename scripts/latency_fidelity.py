@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import export_zoo  # noqa: E402
 
 from morphonnx.calibrate import _session, random_variants  # noqa: E402
-from morphonnx.calibrate import _run_times  # noqa: E402
+from morphonnx.microbench import median_seconds  # noqa: E402
 from morphonnx.costs import cost_model  # noqa: E402
 from morphonnx.graph import load  # noqa: E402
 from morphonnx.oracle import random_inputs  # noqa: E402
@@ -41,13 +41,10 @@ MODELS = ("resnet18,resnet50,mobilenet_v2,mobilenet_v3_large,efficientnet_b0,den
           "regnet_y_400mf,mnasnet1_0,squeezenet1_1")
 
 
-def measure(model, feeds, runs: int, rounds: int = 3) -> float:
-    """The median of `runs` runs (and >= 0.05 s) after 3 warm-ups, the lowest of `rounds` rounds
-    (a busy moment of the machine only ever slows a round down)."""
-    sess = _session(model)
-    first = _run_times(sess, feeds, 3, 0)
-    n = max(runs, min(400, int(0.05 / max(min(first), 1e-6))))
-    return float(min(np.median(_run_times(sess, feeds, n, 0)) for _ in range(rounds)))
+def measure(model, feeds, runs: int) -> float:
+    """The median of `runs` runs after 3 warm-ups, the lowest of 3 rounds (a busy moment of the
+    machine only ever slows a round down)."""
+    return median_seconds(_session(model), feeds, 3, runs)[0]
 
 
 def spearman(a, b) -> float:
