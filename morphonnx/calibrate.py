@@ -11,6 +11,7 @@ measured or fitted.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -26,7 +27,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .costs import CostModel
-from .profiles import Profile
+from .profiles import Profile, thread_setting
 
 # Op classes whose efficiency is fitted; others share "*".
 FIT_CLASSES = ("Conv", "Conv.unaligned", "Conv.depthwise", "Conv.depthwise.unaligned", "Gemm", "MatMul", "*")
@@ -68,16 +69,19 @@ def cpu_name() -> str:
 
 
 def run_time(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.ndarray], repeat: int = 10,
-             warmup: int = 2, best: bool = False) -> float:
+             warmup: int = 2, best: bool = False, threads: int = 0) -> float:
     """Median (or, with `best`, the shortest) seconds of one onnxruntime run (all optimizations,
-    default threads)."""
-    times = _run_times(_session(model), feeds, repeat, warmup)
+    `threads` intra-op threads, 0 for onnxruntime's default)."""
+    times = _run_times(_session(model, threads), feeds, repeat, warmup)
     return float(np.min(times) if best else np.median(times))
 
 
-def _session(model: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession:
+def _session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session, all optimizations, `threads` intra-op threads (0: onnxruntime's default, one
+    per core)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
@@ -123,10 +127,11 @@ class Figure:
 
 
 def round_times(model: onnx.ModelProto, feeds: dict[str, np.ndarray], rounds: int, repeat: int,
-                warmup: int = 2) -> list[float]:
+                warmup: int = 2, threads: int = 0) -> list[float]:
     """Seconds of one onnxruntime run in each of `rounds` rounds, a round being the shortest of
-    `repeat` runs (one session, warmed up once). Every measurement of `calibrate` times through here."""
-    sess = _session(model)
+    `repeat` runs (one session of `threads` intra-op threads, warmed up once). Every measurement of
+    `calibrate` times through here."""
+    sess = _session(model, threads)
     _run_times(sess, feeds, 0, warmup)
     return [min(_run_times(sess, feeds, repeat, 0)) for _ in range(rounds)]
 
@@ -147,46 +152,47 @@ def _f32(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def _rate(work: float, model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int, rounds: int) -> Figure:
+def _rate(work: float, model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int, rounds: int,
+          threads: int = 0) -> Figure:
     """`work` per second of the fastest round, in billions."""
-    times = round_times(model, feeds, rounds, repeat)
+    times = round_times(model, feeds, rounds, repeat, threads=threads)
     return Figure(work / min(times) / 1e9, spread(times), rounds, repeat)
 
 
-def measure_matmul(n: int, repeat: int, rounds: int = ROUNDS) -> Figure:
+def measure_matmul(n: int, repeat: int, rounds: int = ROUNDS, threads: int = 0) -> Figure:
     """GFLOP/s of an n×n×n MatMul."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")
     m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_f32("x", [n, n])], [_f32("y", [n, n])], [w])
-    return _rate(2 * n ** 3, m, {"x": rng.standard_normal((n, n)).astype(np.float32)}, repeat, rounds)
+    return _rate(2 * n ** 3, m, {"x": rng.standard_normal((n, n)).astype(np.float32)}, repeat, rounds, threads)
 
 
-def measure_conv(c: int, hw: int, repeat: int, rounds: int = ROUNDS) -> Figure:
+def measure_conv(c: int, hw: int, repeat: int, rounds: int = ROUNDS, threads: int = 0) -> Figure:
     """GFLOP/s of a 3x3 Conv with c input and output channels on hw×hw."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((c, c, 3, 3)).astype(np.float32) * 0.05, "w")
     m = _model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
                [_f32("x", [1, c, hw, hw])], [_f32("y", [1, c, hw, hw])], [w])
     return _rate(2 * c * c * 9 * hw * hw, m, {"x": rng.standard_normal((1, c, hw, hw)).astype(np.float32)},
-                 repeat, rounds)
+                 repeat, rounds, threads)
 
 
-def measure_bandwidth(n: int, repeat: int, rounds: int = ROUNDS) -> Figure:
+def measure_bandwidth(n: int, repeat: int, rounds: int = ROUNDS, threads: int = 0) -> Figure:
     """GB/s of an elementwise Add of two n-float vectors (3 × 4n bytes moved)."""
     rng = np.random.default_rng(0)
     m = _model([helper.make_node("Add", ["a", "b"], ["y"])], [_f32("a", [n]), _f32("b", [n])], [_f32("y", [n])])
     feeds = {"a": rng.standard_normal(n).astype(np.float32), "b": rng.standard_normal(n).astype(np.float32)}
-    return _rate(12 * n, m, feeds, repeat, rounds)
+    return _rate(12 * n, m, feeds, repeat, rounds, threads)
 
 
-def measure_overheads(ops: int, repeat: int, rounds: int = ROUNDS) -> tuple[Figure, Figure]:
+def measure_overheads(ops: int, repeat: int, rounds: int = ROUNDS, threads: int = 0) -> tuple[Figure, Figure]:
     """(µs per op, µs per run) from chains of 1 and ops + 1 tiny Neg ops (onnxruntime cannot fuse
     them away), each chain's fastest round: per op (long - short) / ops, per run short - per op.
     Both take the larger spread of the two chains."""
     def chain(k: int) -> list[float]:
         nodes = [helper.make_node("Neg", [f"t{i}"], [f"t{i + 1}"]) for i in range(k)]
         m = _model(nodes, [_f32("t0", [1])], [_f32(f"t{k}", [1])])
-        return round_times(m, {"t0": np.ones(1, np.float32)}, rounds, repeat * 5)
+        return round_times(m, {"t0": np.ones(1, np.float32)}, rounds, repeat * 5, threads=threads)
     short, long = chain(1), chain(ops + 1)
     per_op = max((min(long) - min(short)) / ops, 1e-8)
     per_run = max(min(short) - per_op, 1e-8)
@@ -194,8 +200,9 @@ def measure_overheads(ops: int, repeat: int, rounds: int = ROUNDS) -> tuple[Figu
     return Figure(per_op * 1e6, s, rounds, repeat * 5), Figure(per_run * 1e6, s, rounds, repeat * 5)
 
 
-def calibrate(quick: bool = False, progress: Callable[[str], None] | None = None) -> Profile:
-    """Measure this machine and return its roofline profile.
+def calibrate(quick: bool = False, progress: Callable[[str], None] | None = None, threads: int = 0) -> Profile:
+    """Measure this machine, with `threads` intra-op threads (0: onnxruntime's default, one per
+    core), and return its roofline profile.
 
     Every measurement runs in ROUNDS rounds (ROUNDS_FULL without `quick`) and keeps the best;
     each figure's value, rounds and spread go to `progress` and into the profile's sources.
@@ -207,12 +214,12 @@ def calibrate(quick: bool = False, progress: Callable[[str], None] | None = None
     rounds = ROUNDS if quick else ROUNDS_FULL
     steps = [
         ("MatMul 512x512x512" if quick else "MatMul 1024x1024x1024",
-         lambda: measure_matmul(512 if quick else 1024, repeat, rounds)),
+         lambda: measure_matmul(512 if quick else 1024, repeat, rounds, threads)),
         ("Conv 3x3 128->128 on 28x28" if quick else "Conv 3x3 256->256 on 56x56",
-         lambda: measure_conv(128 if quick else 256, 28 if quick else 56, repeat, rounds)),
+         lambda: measure_conv(128 if quick else 256, 28 if quick else 56, repeat, rounds, threads)),
         ("Add of two 16M-float vectors" if quick else "Add of two 32M-float vectors",
-         lambda: measure_bandwidth((1 << 24) if quick else (1 << 25), repeat + 2, rounds)),
-        ("chains of 1 and 101 tiny ops", lambda: measure_overheads(100, repeat, rounds)),
+         lambda: measure_bandwidth((1 << 24) if quick else (1 << 25), repeat + 2, rounds, threads)),
+        ("chains of 1 and 101 tiny ops", lambda: measure_overheads(100, repeat, rounds, threads)),
     ]
     units = (("GFLOP/s",), ("GFLOP/s",), ("GB/s",), ("us per op", "us per run"))
     results = []
@@ -236,10 +243,13 @@ def calibrate(quick: bool = False, progress: Callable[[str], None] | None = None
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         say(message)
     when = datetime.date.today().isoformat()
-    how = f"measured by morphonnx calibrate{' --quick' if quick else ''} on {when} with onnxruntime {ort.__version__}"
+    flags = (" --quick" if quick else "") + (f" --threads {threads}" if threads else "")
+    how = f"measured by morphonnx calibrate{flags} on {when} with onnxruntime {ort.__version__}"
     block = channel_block()
+    setting = f", {thread_setting(threads)}" if threads else ""
     return Profile(
-        key="calibrated", name=f"{cpu_name()} ({os.cpu_count()} cores, onnxruntime {ort.__version__})", kind="cpu",
+        key="calibrated", name=f"{cpu_name()} ({os.cpu_count()} cores, onnxruntime {ort.__version__}{setting})",
+        kind="cpu", threads=threads,
         peak_gflops={"fp32": round(max(matmul.value, conv.value), 2)}, bandwidth_gbs=round(bandwidth.value, 2),
         op_overhead_us=round(per_op.value, 3), run_overhead_us=round(per_run.value, 3), channel_block=block,
         sources={
@@ -249,7 +259,9 @@ def calibrate(quick: bool = False, progress: Callable[[str], None] | None = None
                              f"({bandwidth.how()})",
             "op_overhead_us": f"{how}: (101-op chain - 1-op chain) / 100 of tiny Neg ops ({per_op.how()})",
             "run_overhead_us": f"{how}: 1-op chain minus the per-op overhead ({per_run.how()})",
-            "channel_block": f"detected by morphonnx calibrate on {when}: {channel_block_source()}"})
+            "channel_block": f"detected by morphonnx calibrate on {when}: {channel_block_source()}",
+            **({"threads": f"set by morphonnx calibrate{flags} on {when}: every measurement ran with onnxruntime's "
+                           f"intra-op threads at {threads}"} if threads else {})})
 
 
 # ---- fitting ---------------------------------------------------------------------------------------
@@ -321,9 +333,8 @@ def fit(profile: Profile, samples: Sequence[tuple[CostModel, float]], measured: 
         sources["op_overhead_us"] = how
     if run_overhead:
         sources["run_overhead_us"] = how
-    return Profile(profile.key, profile.name, dict(profile.peak_gflops), profile.bandwidth_gbs,
-                   op_overhead_us=op_overhead, kind=profile.kind, sources=sources,
-                   efficiency=efficiency, run_overhead_us=run_overhead, channel_block=profile.channel_block)
+    return dataclasses.replace(profile, op_overhead_us=op_overhead, sources=sources, efficiency=efficiency,
+                               run_overhead_us=run_overhead, kernels={})
 
 
 def random_variants(model, n: int, seed: int = 0, multiple: int = 1):
@@ -358,7 +369,7 @@ def fit_on_models(profile: Profile, models: Sequence[str], variants: int = 12,
     samples = []
     for m in models:
         for k, (costs, pruned, feeds) in enumerate(random_variants(m, variants)):
-            samples.append((costs, run_time(pruned, feeds, repeat=10, warmup=2)))
+            samples.append((costs, run_time(pruned, feeds, repeat=10, warmup=2, threads=profile.threads)))
             say(f"fit: {os.path.basename(str(m))} variant {k + 1}/{variants}: {samples[-1][1] * 1e3:.2f} ms")
     names = ", ".join(os.path.basename(str(m)) for m in models)
     return fit(profile, samples, f"random-width variants of {names} (each the median of 10 onnxruntime runs)")

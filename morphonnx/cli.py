@@ -413,7 +413,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             from .graph import load
             for model in args.fit:
                 out.add_inputs(load(model).external_files())
-        profile = calibrate(quick=args.quick, progress=say)
+        profile = calibrate(quick=args.quick, progress=say, threads=args.threads)
         if args.kernels:
             from .microbench import calibrate_kernels
             profile, _ = calibrate_kernels(profile, quick=args.quick, progress=say)
@@ -610,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also fit per-op-class efficiency and overheads on random-width variants of this model "
                           "(repeatable)")
     cal.add_argument("--variants", type=_count(5), default=12, help="variants per --fit model (default 12)")
+    cal.add_argument("--threads", type=_count(0), default=0,
+                     help="onnxruntime intra-op threads to measure with, the setting the profile predicts "
+                          "(default 0: onnxruntime's default, one per core)")
     cal.set_defaults(func=cmd_calibrate)
 
     ex = sub.add_parser("expand", help="grow the structure by one width multiplier up to a budget")

@@ -88,13 +88,18 @@ def runtime_kernels(graph: Graph) -> KernelMap:
     return graph._kernel_map
 
 
-def kernel_class(node: onnx.NodeProto, graph: Graph | None = None, op: str | None = None) -> str:
+def kernel_class(node: onnx.NodeProto, graph: Graph | None = None, op: str | None = None,
+                 plain_input: bool = False) -> str:
     """The family of a runtime node: the blocked layout, the op family, and for convolutions
-    the variant (`k1`, `kxk`, `dw` for one input channel per group, `grouped`); elementwise ops
-    that compute a transcendental apart (`Elementwise.math`)."""
+    the variant (`k1`, `kxk`, `dw` for one input channel per group, `grouped`; `nchw` for a
+    blocked conv that reads the plain layout, `plain_input`: fewer input channels than a block,
+    a network's stem or a layer pruned that narrow, another kernel of the runtime); elementwise
+    ops that compute a transcendental apart (`Elementwise.math`)."""
     prefix = "nchwc." if node.domain == NCHWC else ""
     t = node.op_type
     if t in ("Conv", "FusedConv"):
+        if prefix and plain_input:
+            return "nchwc.Conv.nchw"
         group = node_attr(node, "group", 1) or 1
         strided = any(d > 1 for d in node_attr(node, "strides", None) or ())
         if group > 1 and _depthwise(graph, op):
@@ -148,6 +153,9 @@ def kernel_map(graph: Graph, optimized: onnx.ModelProto) -> KernelMap:
     for n in optimized.graph.node:
         for i in n.input:
             readers.setdefault(i, []).append(n)
+    blocked = {o for n in optimized.graph.node if n.domain == NCHWC for o in n.output}
+    plain = {n.name for n in optimized.graph.node
+             if n.domain == NCHWC and n.op_type == "Conv" and n.input[0] not in blocked}
     pending: list[onnx.NodeProto] = []
     moved: list[tuple[str, str, onnx.NodeProto]] = []  # a heavy kernel that ends at another op
     for n in optimized.graph.node:
@@ -156,14 +164,14 @@ def kernel_map(graph: Graph, optimized: onnx.ModelProto) -> KernelMap:
             pending.append(n)
             continue
         op = graph.producer[t]
-        cls = kernel_class(n, graph, op)
+        cls = kernel_class(n, graph, op, n.name in plain)
         if _heavy(cls) and graph.nodes[op].op_type not in HEAVY:
             moved.append((op, cls, n))
             continue
         km.add(n, op, cls, not cls.startswith("nchwc.Reorder"))
     for op, cls, n in moved:  # the kernel of a fused chain carries its heavy op's cost
         anchor = _anchor(graph, op, km, n)
-        km.add(n, anchor, kernel_class(n, graph, anchor), True)
+        km.add(n, anchor, kernel_class(n, graph, anchor, n.name in plain), True)
     for n in pending:  # a reorder into the blocked layout, a bias computed at run time: the op that reads it
         op = _reader(n, readers, graph)
         if op is not None:

@@ -6,21 +6,22 @@ log-uniformly (half of them multiples of 16, as unpruned networks have them, the
 pruned ones do), spatial sizes, strides and kernel sizes, in both forms a runtime meets (fused
 into its blocked NCHWc kernels, and the plain kernels it runs when an export computes the bias
 at run time), matrix products, pools, normalizations, elementwise ops, concats, reductions,
-softmax and transposes. `measure()` times each whole run (onnxruntime, default threads, all
-optimizations, median of runs, the lowest of five rounds) and each of its kernels
+softmax and transposes. `measure()` times each whole run (onnxruntime, the profile's threads,
+all optimizations, median of runs, the lowest of five rounds) and each of its kernels
 (onnxruntime's profiler, `node_seconds`). `fit()` gives every kernel class the model
 
-    seconds = overhead + MACs / mac_rate + bytes / byte_rate
+    seconds = overhead + MACs / mac_rate + bytes / byte_rate + groups × group_cost
 
 with the MACs and bytes of the op that carries the kernel (`kernels.kernel_map`), fitted on
 that class's own kernel times by non-negative least squares on relative error: monotone (more
 work is never faster) and physical (a class never computes faster than the measured peak);
-then a run's own cost, and the profiler's cost per kernel, on whole runs (`KernelFit`). A
+less the profiler's cost per kernel (what whole runs of the networks show; `KernelFit`). A
 fifth of the benchmarks is held out first and predicted by the fit on the rest: that error is
 reported and written into the profile's sources; the profile's model is then fitted on all.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -37,10 +38,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .costs import cost_model
 from .graph import load
-from .profiles import KERNEL_RATES, Profile, kernel_factors, work_amounts
+from .profiles import KERNEL_RATES, Profile, kernel_factors, thread_setting, work_amounts
 
 MIN_SAMPLES = 4  # a class with fewer benchmarks shares the pooled "*" model
-WIDTH = 1 + len(KERNEL_RATES)  # per class: overhead, then one term per rate
+WIDTH = 2 + len(KERNEL_RATES)  # per class: overhead, one term per rate, the cost per group
 
 
 @dataclass
@@ -125,9 +126,12 @@ def _conv_bench(rng: np.random.Generator, variant: str, plain: bool) -> Bench:
         cin, cout = _channels(rng, 4, 1024, 0.5), _channels(rng, 4, 1024, 0.5)
         k = 1 if variant == "k1" else int(rng.choice([3, 3, 3, 5, 7]))
         group = 1
-        if variant == "grouped":
-            group = int(rng.choice([2, 4, 8, 16, 32]))
-            cin, cout = group * max(1, cin // group), group * max(1, cout // group)
+        if variant == "grouped":  # few wide groups (a split) to many narrow ones (ResNeXt, RegNet)
+            c = _channels(rng, 16, 1024, 0.5)
+            per_group = min(c // 2, int(round(math.exp(rng.uniform(math.log(2), math.log(128))))))
+            group = max(2, c // per_group)
+            cin = group * (c // group)
+            cout = cin * int(rng.choice([1, 1, 2]))
     while cin * cout // group * k * k * (hw // stride) ** 2 > 3e8 and hw > 7:
         hw //= 2
     x = "x"
@@ -303,16 +307,17 @@ def benchmarks(seed: int = 0, scale: float = 1.0) -> list[Bench]:
     return out
 
 
-def measure(benches: list[Bench], progress: Callable[[str], None] | None = None, rounds: int = 5) -> None:
-    """Time every benchmark as a user times a model (one session, runs back to back; default
-    threads, all optimizations): the median of a round of at least 30 runs and 0.05 s after 3
+def measure(benches: list[Bench], progress: Callable[[str], None] | None = None, rounds: int = 5,
+            threads: int = 0) -> None:
+    """Time every benchmark as a user times a model (one session, runs back to back; `threads`
+    intra-op threads, 0 for onnxruntime's default; all optimizations): the median of a round of at least 30 runs and 0.05 s after 3
     warm-ups, the lowest of `rounds` rounds, since a busy moment of the machine only ever slows a
     round down; then each of its kernels the same way under onnxruntime's profiler."""
     from .calibrate import _session
     say = progress or (lambda msg: None)
     for k, b in enumerate(benches, 1):
-        b.seconds, n = median_seconds(_session(b.model), b.feeds, rounds, runs=30)
-        b.node_seconds = node_seconds(b.model, b.feeds, n, rounds)
+        b.seconds, n = median_seconds(_session(b.model, threads), b.feeds, rounds, runs=30)
+        b.node_seconds = node_seconds(b.model, b.feeds, n, rounds, threads)
         if k % 25 == 0 or k == len(benches):
             say(f"  measured {k}/{len(benches)} benchmarks")
 
@@ -330,11 +335,12 @@ def median_seconds(sess, feeds: dict, rounds: int = 3, runs: int = 15, min_secon
 class _Profiled:
     """An onnxruntime session whose kernels its profiler times."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, threads: int = 0):
         import onnxruntime as ort
         self.folder = tempfile.mkdtemp(prefix="morphonnx.profile.")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(self.folder, "p")
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -364,10 +370,11 @@ class _Profiled:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def node_seconds(model: onnx.ModelProto, feeds: dict, runs: int = 30, rounds: int = 3) -> dict[str, float]:
+def node_seconds(model: onnx.ModelProto, feeds: dict, runs: int = 30, rounds: int = 3, threads: int = 0
+                 ) -> dict[str, float]:
     """Per runtime node (by name): the median seconds of its kernel over `runs` runs profiled by
-    onnxruntime (after 3 warm-ups), the lowest of `rounds` such medians."""
-    p = _Profiled(model)
+    onnxruntime (after 3 warm-ups; `threads` intra-op threads), the lowest of `rounds` such medians."""
+    p = _Profiled(model, threads)
     try:
         p.run(feeds, 3 + runs * rounds)
         return p.node_seconds([3] + [runs] * rounds)
@@ -377,7 +384,7 @@ def node_seconds(model: onnx.ModelProto, feeds: dict, runs: int = 30, rounds: in
 
 def node_work(model: onnx.ModelProto | str, block: int = 16) -> dict[str, tuple[str, np.ndarray]]:
     """Per runtime node of a model (by name): its kernel class and [MACs, bytes read, written,
-    of weights] (the terms of `Profile.kernel_latency`)."""
+    of weights, groups] (the terms of `Profile.kernel_latency`)."""
     from .kernels import runtime_kernels
     graph = load(model)
     costs = cost_model(graph)
@@ -387,7 +394,7 @@ def node_work(model: onnx.ModelProto | str, block: int = 16) -> dict[str, tuple[
 
 
 def _solve(x: np.ndarray, t: np.ndarray, min_s_per_mac: float) -> np.ndarray:
-    """[overhead, s per MAC, per byte read, written, of weights] of one class: NNLS on relative
+    """[overhead, s per MAC, per byte read, written, of weights, per group] of one class: NNLS on relative
     error, every s-per-MAC at least `min_s_per_mac` (the peak)."""
     from .calibrate import nnls
     a = np.concatenate([np.ones((len(t), 1)), x], axis=1)
@@ -402,14 +409,15 @@ def _spans(some: list[tuple[np.ndarray, float]], every: list[tuple[np.ndarray, f
     sizes (MACs and bytes)."""
     if len(some) < MIN_SAMPLES:
         return False
-    size = lambda v: np.array([w.sum() for w, _ in v])
+    size = lambda v: np.array([w[:-1].sum() for w, _ in v])
     lo, hi = np.quantile(size(every), [0.1, 0.9])
     return size(some).min() <= lo and size(some).max() >= hi
 
 
 class KernelFit:
     """The fitted kernel model: per class [overhead, s per MAC, per byte read, written, of
-    weights] ("*" for classes with fewer than MIN_SAMPLES kernels), and per run a fixed cost."""
+    weights, per group] ("*" for classes with fewer than MIN_SAMPLES kernels), and per run a
+    fixed cost."""
 
     def __init__(self, benches: list[Bench], peak_macs: float, run_overhead: float):
         def samples_of(group: list[Bench]) -> dict[str, list[tuple[np.ndarray, float]]]:
@@ -435,19 +443,15 @@ class KernelFit:
             if len(v) >= MIN_SAMPLES:
                 self.terms[cls] = solve(v)
         # a run costs its own overhead (`run_overhead`, measured on chains of tiny ops) beyond its
-        # kernels; the profiler's kernel times are off from a run without it by a cost per kernel
-        # and a share: both fitted by least squares on the relative error of whole runs (of the
-        # networks where there are some)
+        # kernels; the profiler adds a cost to every kernel it times: what a whole run's profiled
+        # kernels take beyond the run without the profiler, per kernel, the median over the
+        # networks (over all benchmarks where there are none)
         runs = networks or benches
-        a = np.array([[len(b.nodes), self.kernels_seconds(b)] for b in runs])
-        t = np.array([b.seconds for b in runs])
-        t = np.maximum(t - run_overhead, 0.1 * t)
-        per_kernel, scale = np.linalg.lstsq(a / t[:, None], np.ones(len(t)), rcond=None)[0]
-        self.run_overhead, self.per_kernel, self.scale = run_overhead, float(per_kernel), float(scale)
+        self.per_kernel = float(np.median([(sum(b.node_seconds.values()) - (b.seconds - run_overhead))
+                                           / max(1, len(b.node_seconds)) for b in runs]))
+        self.run_overhead, self.scale = run_overhead, 1.0
         for w in self.terms.values():
-            w *= scale
-            w[0] = max(0.0, w[0] + per_kernel)
-            w[1] = max(w[1], floor)
+            w[0] = max(0.0, w[0] - self.per_kernel)
 
     def kernel_seconds(self, cls: str, work: np.ndarray) -> float:
         w = self.terms.get(cls, self.terms["*"])
@@ -491,19 +495,20 @@ def fit(benches: list[Bench], base: Profile, seed: int = 0) -> tuple[Profile, di
             # a term the fit drove to nothing (over 1000x the memory bandwidth) is left out
             if used[cls][k - 1] and w[k] * base.bandwidth_gbs * 1e9 * 1000 > 1:
                 entry[rate] = round(float(1e-9 / w[k]), 3)
+        if used[cls][-1] and w[-1] > 1e-9:  # at least a ns per group
+            entry["group_us"] = round(float(w[-1]) * 1e6, 4)
         kernels[cls] = entry
     when = datetime.date.today().isoformat()
     how = (f"fitted by morphonnx calibrate --kernels on {when}: {len(benches)} kernel microbenchmarks, "
            f"each class on its own kernels' times (onnxruntime's profiler; inside the random networks where they "
-           f"have enough), the profiler's own cost on whole runs (onnxruntime, default threads; the lowest of 5 "
-           f"medians of >= 30 runs and 0.05 s); held out {report['held_out']} benchmarks: median error "
+           f"have enough), less the profiler's own cost per kernel (onnxruntime, {thread_setting(base.threads)}; "
+           f"the lowest of 5 medians of >= 30 runs and 0.05 s); held out {report['held_out']} benchmarks: median error "
            f"{report['held_out_median_error']:.1%}, 90th percentile {report['held_out_p90_error']:.1%}, "
            f"{report['held_out_within_10pct']:.0%} within 10%")
     sources = dict(base.sources)
     sources["kernels"] = how
-    profile = Profile(base.key, base.name, dict(base.peak_gflops), base.bandwidth_gbs, op_overhead_us=0.0,
-                      kind=base.kind, sources=sources, run_overhead_us=round(float(model.run_overhead) * 1e6, 3),
-                      channel_block=base.channel_block, kernels=kernels)
+    profile = dataclasses.replace(base, op_overhead_us=0.0, sources=sources, efficiency={},
+                                  run_overhead_us=round(float(model.run_overhead) * 1e6, 3), kernels=kernels)
     return profile, report
 
 
@@ -516,7 +521,7 @@ def calibrate_kernels(base: Profile, quick: bool = False, progress: Callable[[st
     start = time.perf_counter()
     for b in benches:
         b.nodes = node_work(b.model, base.block)
-    measure(benches, say)
+    measure(benches, say, threads=base.threads)
     profile, report = fit(benches, base)
     say(f"kernel model: {len(profile.kernels)} classes in {time.perf_counter() - start:.0f}s; held out "
         f"{report['held_out']}: median error {report['held_out_median_error']:.1%}, "

@@ -251,7 +251,15 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
         for k, c in enumerate(ops):
             for cls, *factors in kernel_parts(c, profile.block):
                 o, per = profile.kernel_terms(cls)
-                scale[k] += np.array(factors) * per
+                f = np.array(factors) * per
+                scale[k] += f[:4]
+                # the cost per group of a grouped conv: a depthwise conv has a group per output
+                # channel (charged with what it writes), the others a fixed number
+                group_s = f[4] * (c.groups if c.groups > 1 else 0)
+                if c.kind == "depthwise" and c.write_bytes:
+                    scale[k][2] += group_s / c.write_bytes
+                else:
+                    overhead += group_s
                 overhead += o
         table = sum(np.asarray(coeffs[key], dtype=float) * scale[:, j:j + 1]
                     for j, key in enumerate(("macs", "read", "write", "weight_bytes")))

@@ -13,11 +13,12 @@ from .errors import BadInput
 
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "int8")
 REQUIRED = ("name", "peak_gflops", "bandwidth_gbs", "sources")
-OPTIONAL = ("kind", "notes", "op_overhead_us", "run_overhead_us", "efficiency", "channel_block", "kernels", "fuse")
+OPTIONAL = ("kind", "notes", "op_overhead_us", "run_overhead_us", "efficiency", "channel_block", "kernels", "fuse",
+            "threads")
 # A kernel's seconds: overhead + MACs / gmacs + bytes read / read_gbs + bytes written / write_gbs
 # + weight bytes / weight_gbs (rates in 1e9 per second; an absent rate costs nothing).
 KERNEL_RATES = ("gmacs", "read_gbs", "write_gbs", "weight_gbs")
-KERNEL_FIELDS = ("overhead_us",) + KERNEL_RATES
+KERNEL_FIELDS = ("overhead_us",) + KERNEL_RATES + ("group_us",)  # group_us: a cost per group of a grouped conv
 DTYPE_PRECISION = {"float64": "fp64", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
                    "int8": "int8", "uint8": "int8"}
 
@@ -47,6 +48,9 @@ class Profile:
     # The roofline charges nothing to an op that the standard fusions run inside another op's
     # kernel (a BN, activation or bias after a conv; `kernels.standard_fusions`).
     fuse: bool = True
+    # The onnxruntime intra-op threads the profile was measured with (0: the runtime's default, one
+    # per core): the setting its latencies predict.
+    threads: int = 0
 
     @property
     def block(self) -> int:
@@ -54,19 +58,21 @@ class Profile:
         return self.channel_block or 16
 
     def kernel_terms(self, cls: str) -> tuple[float, np.ndarray]:
-        """(seconds, seconds per unit of each of `KERNEL_WORK`) of one kernel of a class."""
+        """(seconds, seconds per unit of each amount of `work_amounts`) of one kernel of a class."""
         k = self.kernels.get(cls) or self.kernels.get("*") or {}
-        return k.get("overhead_us", 0.0) * 1e-6, np.array([1e-9 / k[f] if k.get(f) else 0.0 for f in KERNEL_RATES])
+        per = [1e-9 / k[f] if k.get(f) else 0.0 for f in KERNEL_RATES] + [k.get("group_us", 0.0) * 1e-6]
+        return k.get("overhead_us", 0.0) * 1e-6, np.array(per)
 
     def kernel_latency(self, cost: OpCost) -> tuple[float, str]:
         """Seconds of the runtime kernels an op carries (none: "fused" into another op's kernel)."""
         if not cost.runtime:
             return 0.0, "fused" if cost.runtime is not None else "none"
-        overhead, work = 0.0, np.zeros(len(KERNEL_RATES))
+        overhead, work = 0.0, np.zeros(len(KERNEL_RATES) + 1)
         for cls, amounts in kernel_work(cost, self.block):
             o, per = self.kernel_terms(cls)
             overhead, work = overhead + o, work + amounts * per
-        compute, memory = float(work[0]), float(work[1:].sum())
+        overhead += float(work[-1])  # the per-group cost: a loop's overhead
+        compute, memory = float(work[0]), float(work[1:-1].sum())
         bound = "overhead" if overhead > compute + memory else "compute" if compute >= memory else "memory"
         return overhead + compute + memory, bound
 
@@ -142,11 +148,18 @@ class Profile:
             doc["channel_block"] = self.channel_block
         if not self.fuse:
             doc["fuse"] = False
+        if self.threads:
+            doc["threads"] = self.threads
         if self.kernels:
             doc["kernels"] = {k: dict(v) for k, v in self.kernels.items()}
         doc["sources"] = dict(self.sources)
         import yaml  # only where profiles are read or written (10 ms at start-up otherwise)
         return yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+def thread_setting(threads: int) -> str:
+    """A profile's thread count in words: "1 thread", "4 threads", "default threads" (0)."""
+    return f"{threads} thread{'s' if threads > 1 else ''}" if threads else "default threads"
 
 
 def kernel_parts(cost: OpCost, block: int = 16):
@@ -156,21 +169,22 @@ def kernel_parts(cost: OpCost, block: int = 16):
         yield (cls, *kernel_factors(cost, cls, own, block))
 
 
-def kernel_factors(cost: OpCost, cls: str, own: bool, block: int = 16) -> tuple[float, float, float, float]:
-    """The share of an op's MACs, bytes read, written and of weights that one of its runtime
-    kernels does.
+def kernel_factors(cost: OpCost, cls: str, own: bool, block: int = 16
+                   ) -> tuple[float, float, float, float, float]:
+    """The share of an op's MACs, bytes read, written, of weights and of groups that one of its
+    runtime kernels does.
 
     The op's own kernel does its MACs (a blocked NCHWc convolution on channel counts rounded up
     to the block, `block` wide) and moves all its bytes; a reorder into the blocked layout moves
     the op's input, one out of it the op's output; a helper (a bias computed at run time) only
     costs its overhead."""
     if own:
-        return _padding(cls, cost.channels, block), 1.0, 1.0, 1.0
+        return _padding(cls, cost.channels, block), 1.0, 1.0, 1.0, 1.0
     if cls.endswith("ReorderInput"):
-        return 0.0, 1.0, 0.0, 0.0
+        return 0.0, 1.0, 0.0, 0.0, 0.0
     if cls.endswith("ReorderOutput"):
-        return 0.0, 0.0, 1.0, 0.0
-    return 0.0, 0.0, 0.0, 0.0
+        return 0.0, 0.0, 1.0, 0.0, 0.0
+    return 0.0, 0.0, 0.0, 0.0, 0.0
 
 
 def _padding(cls: str, channels: tuple[int, int] | None, block: int) -> float:
@@ -186,13 +200,15 @@ def _padding(cls: str, channels: tuple[int, int] | None, block: int) -> float:
 
 
 def work_amounts(cost: OpCost) -> np.ndarray:
-    """[MACs, bytes read, written, of weights] of an op: what the rates of KERNEL_RATES divide."""
-    return np.array([cost.macs, cost.read_bytes, cost.write_bytes, cost.weight_bytes], dtype=float)
+    """[MACs, bytes read, written, of weights, groups] of an op: what the rates of KERNEL_RATES
+    divide, and the groups of a grouped convolution (0 for the rest) that `group_us` costs."""
+    groups = cost.groups if cost.groups > 1 else 0
+    return np.array([cost.macs, cost.read_bytes, cost.write_bytes, cost.weight_bytes, groups], dtype=float)
 
 
 def kernel_work(cost: OpCost, block: int = 16):
-    """(class, [MACs, bytes read, written, of weights]) of each runtime kernel an op carries
-    (`kernel_parts`)."""
+    """(class, [MACs, bytes read, written, of weights, groups]) of each runtime kernel an op
+    carries (`kernel_parts`)."""
     amounts = work_amounts(cost)
     for cls, *factors in kernel_parts(cost, block):
         yield cls, amounts * np.array(factors)
@@ -286,6 +302,10 @@ def validate_profile(data: object, path: Path) -> Profile:
     block = data.get("channel_block", 0)
     if block != 0 and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
         raise BadInput(f"profile {path}: field 'channel_block' must be a positive integer, got {block!r}")
+    threads = data.get("threads", 0)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise BadInput(f"profile {path}: field 'threads' must be a whole number of threads (0: onnxruntime's "
+                       f"default), got {threads!r}")
     efficiency = data.get("efficiency") or {}
     if not isinstance(efficiency, dict):
         raise BadInput(f"profile {path}: field 'efficiency' must map op types to factors in (0, 10]")
@@ -312,7 +332,7 @@ def validate_profile(data: object, path: Path) -> Profile:
     # efficiencies may share one `sources.efficiency` entry instead of one each.
     numbers = [f"peak_gflops.{p}" for p in peak] + ["bandwidth_gbs"]
     numbers += [f for f, v in (("op_overhead_us", overhead), ("run_overhead_us", run_overhead),
-                               ("channel_block", block)) if v]
+                               ("channel_block", block), ("threads", threads)) if v]
     numbers += [f"efficiency.{op}" for op in efficiency]
     numbers += ["kernels"] if kernels else []
 
@@ -325,5 +345,5 @@ def validate_profile(data: object, path: Path) -> Profile:
                    op_overhead_us=float(overhead), kind=str(data.get("kind", "")),
                    sources={str(k): str(v) for k, v in sources.items()}, path=str(path),
                    efficiency={str(k): float(v) for k, v in efficiency.items()}, run_overhead_us=float(run_overhead),
-                   channel_block=int(block), fuse=_flag(data.get("fuse", True), path, "fuse"),
+                   channel_block=int(block), fuse=_flag(data.get("fuse", True), path, "fuse"), threads=threads,
                    kernels={str(c): {f: float(v) for f, v in k.items()} for c, k in kernels.items()})

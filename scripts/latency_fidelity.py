@@ -6,13 +6,15 @@
         [--out docs/latency_fidelity]
 
 For every architecture and export form: the model and (in `--variant-forms`) `--variants`
-random-width variants of it (random masks, pruned), each measured in onnxruntime (median of `--runs` runs after 3
-warm-ups, the lowest of 3 such rounds, default threads, all optimizations; measured twice, each
-time in a new session: the lower counts, and how often the two agree within ±10% says how steady
-the machine is) and predicted by `analyze`'s latency on the profile (`CostModel.resource("latency", profile)`). Prints per architecture and overall:
-Spearman's rank correlation, the share within ±10% and the median error; the originals in
-each export form (BN folded, TorchScript with BN kept, dynamo with BN kept) side by side; with `--out`, writes fidelity.md, fidelity.json and a
-predicted-vs-measured scatter plot (fidelity.png).
+random-width variants of it (random masks, pruned), each measured in onnxruntime (the median of
+a round of `--runs` runs and 0.25 s after 3 warm-ups, the lowest of 3 such rounds, with the
+profile's `threads`, all optimizations; measured twice, each time in a new session: the lower
+counts, and how often the two agree within ±10% says how steady the machine is) and predicted
+by `analyze`'s latency on the profile (`CostModel.resource("latency", profile)`). Prints per
+architecture and overall: Spearman's rank correlation, the share within ±10% and the median
+error; the originals in each export form (BN folded, TorchScript with BN kept, dynamo with BN
+kept) side by side; with `--out`, writes fidelity.md, fidelity.json and a predicted-vs-measured
+scatter plot (fidelity.png).
 """
 from __future__ import annotations
 
@@ -35,16 +37,17 @@ from morphonnx.microbench import median_seconds  # noqa: E402
 from morphonnx.costs import cost_model  # noqa: E402
 from morphonnx.graph import load  # noqa: E402
 from morphonnx.oracle import random_inputs  # noqa: E402
-from morphonnx.profiles import load_profile  # noqa: E402
+from morphonnx.profiles import load_profile, thread_setting  # noqa: E402
 
 MODELS = ("resnet18,resnet50,mobilenet_v2,mobilenet_v3_large,efficientnet_b0,densenet121,googlenet,"
           "regnet_y_400mf,mnasnet1_0,squeezenet1_1")
 
 
-def measure(model, feeds, runs: int) -> float:
-    """The median of `runs` runs after 3 warm-ups, the lowest of 3 rounds (a busy moment of the
-    machine only ever slows a round down)."""
-    return median_seconds(_session(model), feeds, 3, runs)[0]
+def measure(model, feeds, runs: int, threads: int) -> float:
+    """The median of a round of at least `runs` runs and 0.25 s after 3 warm-ups, the lowest of 3
+    rounds (a busy moment of the machine only ever slows a round down); `threads` intra-op threads
+    (0: onnxruntime's default)."""
+    return median_seconds(_session(model, threads), feeds, 3, runs, min_seconds=0.25)[0]
 
 
 def spearman(a, b) -> float:
@@ -84,21 +87,24 @@ def run(args) -> dict:
                       for k, (costs, pruned, _) in enumerate(random_variants(path, variants, seed=zlib.crc32(name.encode()) % 1000))]
             for label, costs, model in items:
                 predicted = costs.resource("latency", profile)
-                first, second = measure(model, feeds, args.runs), measure(model, feeds, args.runs)
+                first, second = (measure(model, feeds, args.runs, profile.threads) for _ in range(2))
                 rows.append({"model": name, "form": form, "variant": label, "macs": costs.total("macs"),
                              "predicted_ms": predicted * 1e3, "measured_ms": min(first, second) * 1e3,
                              "repeat_ratio": second / first})
             s = summary([r for r in rows if r["model"] == name and r["form"] == form])
             print(f"{name:20s} {form:7s} n={s['n']:3d} spearman {s['spearman']:.3f} within 10% {s['within_10pct']:.0%} "
                   f"median error {s['median_error']:.1%}  ({time.perf_counter() - start:.0f}s)", flush=True)
-    return {"profile": profile.key, "sources": profile.sources.get("kernels", ""), "rows": rows,
+    return {"profile": profile.key, "threads": profile.threads, "sources": profile.sources.get("kernels", ""),
+            "rows": rows,
             "overall": summary(rows),
             "by_model": {f"{n} ({f})": summary([r for r in rows if r["model"] == n and r["form"] == f])
                          for n, f in dict.fromkeys((r["model"], r["form"]) for r in rows)}}
 
 
 def markdown(doc: dict) -> str:
-    lines = [f"Profile `{doc['profile']}`: {doc['sources']}", "",
+    setting = thread_setting(doc.get("threads", 0))
+    lines = [f"Profile `{doc['profile']}` (measured and predicted with {setting} of onnxruntime): "
+             f"{doc['sources']}", "",
              "| model (form) | n | Spearman | within ±10% | median error | max error | repeat within ±10% | repeat median change |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for k, s in list(doc["by_model"].items()) + [("**all**", doc["overall"])]:

@@ -40,10 +40,14 @@ def test_quick_calibration_writes_a_valid_profile(tmp_path, capsys):
     assert main(["analyze", str(SMALL_CNN), "--profile", str(out)]) == 0
 
 
+seen_threads: set[int] = set()  # the thread counts `fake_rounds` was asked to measure with
+
+
 def fake_rounds(slow: dict[str, float]):
     """A stand-in for `round_times`: a machine of 500 GFLOP/s on MatMul, 400 on Conv, 50 GB/s on Add,
     1 us per op and 3 us per run, with the second round of the op types in `slow` that much slower."""
-    def round_times(model, feeds, rounds, repeat, warmup=2):
+    def round_times(model, feeds, rounds, repeat, warmup=2, threads=0):
+        seen_threads.add(threads)
         op = model.graph.node[0].op_type
         if op == "MatMul":
             t = 2 * feeds["x"].shape[0] ** 3 / 500e9
@@ -95,6 +99,22 @@ def test_steady_rounds_do_not_warn(capsys, monkeypatch, small_sizes):
     monkeypatch.setattr(cal, "round_times", fake_rounds({"Neg": 0.5}))
     with pytest.warns(RuntimeWarning, match=r"chains of 1 and 101 tiny ops 50%\): the machine looks busy"):
         cal.calibrate(quick=True)  # no progress callback: a Python warning
+
+
+def test_threads_are_the_setting_every_measurement_and_the_profile_take(tmp_path, capsys, monkeypatch, small_sizes):
+    monkeypatch.setattr(cal, "round_times", fake_rounds({}))
+    seen_threads.clear()
+    out = tmp_path / "one.yaml"
+    assert main(["calibrate", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    assert seen_threads == {1}
+    p = load_profile(out)
+    assert p.threads == 1 and p.name.endswith(", 1 thread)") and "--threads 1" in p.sources["threads"]
+    assert unsourced(out.read_text()) == []
+    assert cal._session(SMALL_CNN, 1).get_session_options().intra_op_num_threads == 1
+    assert cal._session(SMALL_CNN).get_session_options().intra_op_num_threads == 0
+    assert main(["calibrate", "--quick", "--threads", "-2", "--out", str(tmp_path / "bad.yaml")]) == 2
+    assert "argument --threads: -2 is below 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad.yaml").exists()
 
 
 def test_nnls_recovers_non_negative_weights():

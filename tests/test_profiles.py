@@ -92,6 +92,11 @@ def test_missing_field(tmp_path, field):
     ({"efficiency": {"Conv": 0.5, "*": 0.4}, "sources.efficiency.Conv": "fitted"},
      r"field 'sources.efficiency.\*' is missing"),
     ({"op_overhead_us": 5, "sources.op_overhead_us": " "}, r"field 'sources.op_overhead_us' is missing"),
+    ({"threads": -1}, r"bad.yaml: field 'threads' must be a whole number of threads \(0: onnxruntime's default\), "
+                      r"got -1"),
+    ({"threads": "two"}, r"field 'threads' must be a whole number of threads .*got 'two'"),
+    ({"threads": True}, r"field 'threads' must be a whole number of threads .*got True"),
+    ({"threads": 1}, r"bad.yaml: field 'sources.threads' is missing"),
 ])
 def test_bad_fields(tmp_path, changes, message):
     with pytest.raises(BadInput, match=message):
@@ -100,11 +105,14 @@ def test_bad_fields(tmp_path, changes, message):
 
 def test_optional_numbers_with_sources_load(tmp_path):
     path = write(tmp_path, op_overhead_us=5, run_overhead_us=20, channel_block=16, efficiency={"Conv": 0.5, "*": 0.4},
-                 **{"sources.op_overhead_us": "measured", "sources.run_overhead_us": "measured",
-                    "sources.channel_block": "AVX-512", "sources.efficiency.Conv": "fitted",
-                    "sources.efficiency.*": "fitted"})
+                 threads=1, **{"sources.op_overhead_us": "measured", "sources.run_overhead_us": "measured",
+                               "sources.channel_block": "AVX-512", "sources.efficiency.Conv": "fitted",
+                               "sources.efficiency.*": "fitted", "sources.threads": "calibrate --threads 1"})
     p = load_profile(path)
     assert (p.op_overhead_us, p.run_overhead_us, p.channel_block, p.efficiency) == (5, 20, 16, {"Conv": 0.5, "*": 0.4})
+    assert p.threads == 1 and load_profile(write(tmp_path, threads=0)).threads == 0
+    path.write_text(p.to_yaml())  # written back, the setting stays
+    assert load_profile(path).threads == 1
     # zero means absent: no source needed; one `sources.efficiency` entry covers every fitted efficiency
     assert load_profile(write(tmp_path, op_overhead_us=0, run_overhead_us=0, channel_block=0)).op_overhead_us == 0
     assert load_profile(write(tmp_path, efficiency={"Conv": 0.5, "*": 0.4}, **{"sources.efficiency": "fitted"}))

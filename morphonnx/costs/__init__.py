@@ -56,6 +56,7 @@ class Work:
     constant_reads: bool = True  # False: `read_bytes` already holds what the op reads of its constants
     kind: str = ""  # structural variant that runtimes treat differently ("depthwise", "grouped")
     channels: tuple[int, int] | None = None  # (in, out) channels, for kernels that want aligned counts
+    groups: int = 1  # a grouped convolution's groups: runtimes loop over them
 
 
 @dataclass
@@ -76,6 +77,7 @@ class OpCost:
     note: str = ""
     kind: str = ""
     channels: tuple[int, int] | None = None
+    groups: int = 1  # a grouped convolution's groups
     weight_inputs: tuple[int, ...] = ()  # constant inputs whose bytes the op reads
     in_shapes: tuple[tuple, ...] = ()   # shapes of the activation inputs (constants left out)
     out_shapes: tuple[tuple, ...] = ()
@@ -204,7 +206,7 @@ def op_cost(graph: Graph, node: onnx.NodeProto) -> OpCost:
     ctx = OpContext(graph, node)
     work = rule(ctx)
     cost.macs, cost.flops = int(work.macs), int(work.flops)
-    cost.kind, cost.channels = work.kind, work.channels
+    cost.kind, cost.channels, cost.groups = work.kind, work.channels, work.groups
     weights, read, inputs = [], 0, []
     for i, t in enumerate(node.input):
         if not t:

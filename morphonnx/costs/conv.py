@@ -13,7 +13,7 @@ def conv(ctx: OpContext) -> Work:
     macs = ctx.out_numel() * w[1] * math.prod(w[2:])
     group, c_in = int(ctx.attr("group", 1)), ctx.in_shape(0)[1]
     kind = "depthwise" if group > 1 and group == c_in else "grouped" if group > 1 else ""
-    return Work(macs=macs, flops=2 * macs, kind=kind, channels=(c_in, w[0]))
+    return Work(macs=macs, flops=2 * macs, kind=kind, channels=(c_in, w[0]), groups=group)
 
 
 @register("ConvTranspose")
