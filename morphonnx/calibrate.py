@@ -76,12 +76,17 @@ def run_time(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.nda
     return float(np.min(times) if best else np.median(times))
 
 
-def _session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0) -> ort.InferenceSession:
+def _session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0,
+             profile_prefix: str | None = None) -> ort.InferenceSession:
     """A CPU session, all optimizations, `threads` intra-op threads (0: onnxruntime's default, one
-    per core)."""
+    per core); with `profile_prefix`, its kernels timed by onnxruntime's profiler into files of
+    that prefix."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 

@@ -184,7 +184,8 @@ def _network_bench(rng: np.random.Generator, plain: bool) -> Bench:
             if kind == "inverted_se":
                 squeeze = width(mid / 8, mid / 4)
                 g = net.node("GlobalAveragePool", [y])
-                g = net.conv(net.node("Relu", [net.conv(g, mid, squeeze, 1, 1, 1, False)]), squeeze, mid, 1, 1, 1, False)
+                g = net.node("Relu", [net.conv(g, mid, squeeze, 1, 1, 1, False)])
+                g = net.conv(g, squeeze, mid, 1, 1, 1, False)
                 y = net.node("Mul", [y, net.node(str(rng.choice(["Sigmoid", "HardSigmoid"])), [g])])
             y = conv(y, mid, cout, 1)
         elif kind == "dense":
@@ -310,9 +311,10 @@ def benchmarks(seed: int = 0, scale: float = 1.0) -> list[Bench]:
 def measure(benches: list[Bench], progress: Callable[[str], None] | None = None, rounds: int = 5,
             threads: int = 0) -> None:
     """Time every benchmark as a user times a model (one session, runs back to back; `threads`
-    intra-op threads, 0 for onnxruntime's default; all optimizations): the median of a round of at least 30 runs and 0.05 s after 3
-    warm-ups, the lowest of `rounds` rounds, since a busy moment of the machine only ever slows a
-    round down; then each of its kernels the same way under onnxruntime's profiler."""
+    intra-op threads, 0 for onnxruntime's default; all optimizations): the median of a round of
+    at least 30 runs and 0.05 s after 3 warm-ups, the lowest of `rounds` rounds, since a busy
+    moment of the machine only ever slows a round down; then each of its kernels the same way
+    under onnxruntime's profiler."""
     from .calibrate import _session
     say = progress or (lambda msg: None)
     for k, b in enumerate(benches, 1):
@@ -336,14 +338,9 @@ class _Profiled:
     """An onnxruntime session whose kernels its profiler times."""
 
     def __init__(self, model: onnx.ModelProto, threads: int = 0):
-        import onnxruntime as ort
+        from .calibrate import _session
         self.folder = tempfile.mkdtemp(prefix="morphonnx.profile.")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(self.folder, "p")
-        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.session = _session(model, threads, profile_prefix=os.path.join(self.folder, "p"))
 
     def run(self, feeds: dict, times: int) -> None:
         for _ in range(times):
@@ -352,7 +349,6 @@ class _Profiled:
     def node_seconds(self, batches: list[int]) -> dict[str, float]:
         """Per runtime node (by name): the lowest over the batches of runs (after the first, the
         warm-ups) of the median seconds of its kernel in the batch."""
-        import json
         with open(self.session.end_profiling(), encoding="utf-8") as f:
             events = json.load(f)
         times: dict[str, list[float]] = {}
@@ -394,8 +390,8 @@ def node_work(model: onnx.ModelProto | str, block: int = 16) -> dict[str, tuple[
 
 
 def _solve(x: np.ndarray, t: np.ndarray, min_s_per_mac: float) -> np.ndarray:
-    """[overhead, s per MAC, per byte read, written, of weights, per group] of one class: NNLS on relative
-    error, every s-per-MAC at least `min_s_per_mac` (the peak)."""
+    """[overhead, s per MAC, per byte read, written, of weights, per group] of one class: NNLS on
+    relative error, every s-per-MAC at least `min_s_per_mac` (the peak)."""
     from .calibrate import nnls
     a = np.concatenate([np.ones((len(t), 1)), x], axis=1)
     floor = np.zeros(WIDTH)
@@ -449,7 +445,7 @@ class KernelFit:
         runs = networks or benches
         self.per_kernel = float(np.median([(sum(b.node_seconds.values()) - (b.seconds - run_overhead))
                                            / max(1, len(b.node_seconds)) for b in runs]))
-        self.run_overhead, self.scale = run_overhead, 1.0
+        self.run_overhead = run_overhead
         for w in self.terms.values():
             w[0] = max(0.0, w[0] - self.per_kernel)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .costs import CostModel, cost_model, parameters
 from .groups import Groups
-from .profiles import Profile, kernel_parts
+from .profiles import Profile, kernel_parts, work_amounts
 
 RESOURCES = ("flops", "macs", "size", "latency")
 
@@ -255,7 +255,7 @@ def compile_program(groups: Groups, resource: str = "flops", profile: Profile | 
                 scale[k] += f[:4]
                 # the cost per group of a grouped conv: a depthwise conv has a group per output
                 # channel (charged with what it writes), the others a fixed number
-                group_s = f[4] * (c.groups if c.groups > 1 else 0)
+                group_s = f[4] * work_amounts(c)[4]
                 if c.kind == "depthwise" and c.write_bytes:
                     scale[k][2] += group_s / c.write_bytes
                 else:

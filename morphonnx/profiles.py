@@ -16,9 +16,10 @@ REQUIRED = ("name", "peak_gflops", "bandwidth_gbs", "sources")
 OPTIONAL = ("kind", "notes", "op_overhead_us", "run_overhead_us", "efficiency", "channel_block", "kernels", "fuse",
             "threads")
 # A kernel's seconds: overhead + MACs / gmacs + bytes read / read_gbs + bytes written / write_gbs
-# + weight bytes / weight_gbs (rates in 1e9 per second; an absent rate costs nothing).
+# + weight bytes / weight_gbs (rates in 1e9 per second; an absent rate costs nothing)
+# + groups × group_us (a grouped conv's groups, `work_amounts`).
 KERNEL_RATES = ("gmacs", "read_gbs", "write_gbs", "weight_gbs")
-KERNEL_FIELDS = ("overhead_us",) + KERNEL_RATES + ("group_us",)  # group_us: a cost per group of a grouped conv
+KERNEL_FIELDS = ("overhead_us",) + KERNEL_RATES + ("group_us",)
 DTYPE_PRECISION = {"float64": "fp64", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
                    "int8": "int8", "uint8": "int8"}
 
@@ -163,8 +164,8 @@ def thread_setting(threads: int) -> str:
 
 
 def kernel_parts(cost: OpCost, block: int = 16):
-    """Per runtime kernel an op carries: (class, MACs factor, read, write, weight-bytes factors)
-    (`kernel_factors`)."""
+    """Per runtime kernel an op carries: (class, MACs factor, read, write, weight-bytes, groups
+    factors) (`kernel_factors`)."""
     for cls, own in cost.runtime or ():
         yield (cls, *kernel_factors(cost, cls, own, block))
 

@@ -83,8 +83,9 @@ def run(args) -> dict:
             start = time.perf_counter()
             items = [("original", cost_model(graph), str(path))]
             variants = args.variants if form in args.variant_forms.split(",") else 0
+            seed = zlib.crc32(name.encode()) % 1000
             items += [(f"variant {k + 1}", costs, pruned)
-                      for k, (costs, pruned, _) in enumerate(random_variants(path, variants, seed=zlib.crc32(name.encode()) % 1000))]
+                      for k, (costs, pruned, _) in enumerate(random_variants(path, variants, seed=seed))]
             for label, costs, model in items:
                 predicted = costs.resource("latency", profile)
                 first, second = (measure(model, feeds, args.runs, profile.threads) for _ in range(2))
